@@ -264,3 +264,44 @@ pub struct Connection {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn tenant_paths_survive_encoding_and_prefixes_are_subtrees(depth in 1usize..6, cut in 0usize..6) {
+            let mut path = TenantPath::root(TenantId::new());
+            for _ in 1..depth {
+                path = path.child(TenantId::new());
+            }
+            prop_assert_eq!(TenantPath::decode(&path.encode()), Some(path.clone()));
+            // An ancestor's encoding is a prefix of every descendant's, and
+            // of nothing else's.
+            let ancestor = TenantPath(path.0[..=cut.min(depth - 1)].to_vec());
+            prop_assert!(path.encode().starts_with(&ancestor.encode()));
+            prop_assert!(path.contains(ancestor.tenant()));
+            let stranger = TenantPath::root(TenantId::new());
+            prop_assert!(!path.encode().starts_with(&stranger.encode()));
+        }
+    }
+
+    #[test]
+    fn malformed_paths_do_not_decode() {
+        assert_eq!(TenantPath::decode(""), None);
+        assert_eq!(TenantPath::decode("not-a-uuid/"), None);
+    }
+
+    #[test]
+    fn revocation_is_final() {
+        for to in DeviceState::ALL {
+            assert_eq!(
+                DeviceState::Revoked.may_become(to),
+                to == DeviceState::Revoked
+            );
+            assert!(DeviceState::Quarantined.may_become(to));
+        }
+    }
+}
