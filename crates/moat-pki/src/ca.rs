@@ -7,8 +7,8 @@
 use std::net::IpAddr;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType, SerialNumber,
 };
 use time::{Duration, OffsetDateTime};
 use zeroize::Zeroizing;
@@ -35,13 +35,20 @@ impl Authority {
         let mut params = CertificateParams::default();
         params.distinguished_name = name(common_name);
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         params.serial_number = Some(random_serial());
         let now = OffsetDateTime::now_utc();
         params.not_before = now - Duration::hours(1);
         params.not_after = now + validity;
         let cert = params.self_signed(&key)?;
-        Ok(Self { cert_pem: cert.pem(), key })
+        Ok(Self {
+            cert_pem: cert.pem(),
+            key,
+        })
     }
 
     /// A CA from its stored certificate and key.
@@ -49,7 +56,10 @@ impl Authority {
         let key = KeyPair::from_pem(key_pem)?;
         // Parsing checks the certificate is well formed before it is trusted.
         Issuer::from_ca_cert_pem(cert_pem, &key)?;
-        Ok(Self { cert_pem: cert_pem.to_owned(), key })
+        Ok(Self {
+            cert_pem: cert_pem.to_owned(),
+            key,
+        })
     }
 
     pub fn cert_pem(&self) -> &str {
@@ -69,7 +79,11 @@ impl Authority {
             .iter()
             .map(|n| match n.parse::<IpAddr>() {
                 Ok(ip) => Ok(SanType::IpAddress(ip)),
-                Err(_) if is_dns_name(n) => n.clone().try_into().map(SanType::DnsName).map_err(PkiError::from),
+                Err(_) if is_dns_name(n) => n
+                    .clone()
+                    .try_into()
+                    .map(SanType::DnsName)
+                    .map_err(PkiError::from),
                 Err(_) => Err(PkiError::ServerName(n.clone())),
             })
             .collect::<Result<_, _>>()?;
@@ -82,7 +96,11 @@ impl Authority {
         params.not_after = now + validity;
         let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, &self.key)?;
         let cert = params.signed_by(&key, &issuer)?;
-        Ok(Issued { cert_pem: cert.pem(), key_pem: Zeroizing::new(key.serialize_pem()), not_after: params.not_after })
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: Zeroizing::new(key.serialize_pem()),
+            not_after: params.not_after,
+        })
     }
 }
 
@@ -93,7 +111,9 @@ pub fn is_dns_name(n: &str) -> bool {
         && n.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })
@@ -122,7 +142,12 @@ mod tests {
     fn a_stored_ca_issues_server_certificates() {
         let ca = Authority::generate("Moat test CA", Duration::days(3650)).unwrap();
         let again = Authority::from_pem(ca.cert_pem(), &ca.key_pem()).unwrap();
-        let issued = again.issue_server(&["localhost".into(), "127.0.0.1".into()], Duration::days(365)).unwrap();
+        let issued = again
+            .issue_server(
+                &["localhost".into(), "127.0.0.1".into()],
+                Duration::days(365),
+            )
+            .unwrap();
         assert!(issued.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
         assert!(issued.not_after > OffsetDateTime::now_utc() + Duration::days(364));
     }
@@ -130,6 +155,9 @@ mod tests {
     #[test]
     fn a_bad_name_is_refused() {
         let ca = Authority::generate("Moat test CA", Duration::days(1)).unwrap();
-        assert!(ca.issue_server(&["bad name with spaces\u{0}".into()], Duration::days(1)).is_err());
+        assert!(
+            ca.issue_server(&["bad name with spaces\u{0}".into()], Duration::days(1))
+                .is_err()
+        );
     }
 }

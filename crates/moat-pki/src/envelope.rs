@@ -15,7 +15,13 @@ pub fn wrap(key: &[u8; 32], name: &str, plaintext: &[u8]) -> Vec<u8> {
     let mut nonce = [0u8; 12];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
     let ct = cipher
-        .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad: name.as_bytes() })
+        .encrypt(
+            Nonce::from_slice(&nonce),
+            Payload {
+                msg: plaintext,
+                aad: name.as_bytes(),
+            },
+        )
         .expect("AES-GCM encryption of an in-memory buffer does not fail");
     let mut out = Vec::with_capacity(12 + ct.len());
     out.extend_from_slice(&nonce);
@@ -29,7 +35,13 @@ pub fn unwrap(key: &[u8; 32], name: &str, wrapped: &[u8]) -> Result<Vec<u8>, Pki
     }
     let (nonce, ct) = wrapped.split_at(12);
     Aes256Gcm::new(key.into())
-        .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: name.as_bytes() })
+        .decrypt(
+            Nonce::from_slice(nonce),
+            Payload {
+                msg: ct,
+                aad: name.as_bytes(),
+            },
+        )
         .map_err(|_| PkiError::Unwrap)
 }
 
@@ -43,7 +55,10 @@ mod tests {
         let w = wrap(&k, "pki/root", b"secret");
         assert_eq!(unwrap(&k, "pki/root", &w).unwrap(), b"secret");
         assert!(unwrap(&[4u8; 32], "pki/root", &w).is_err(), "wrong key");
-        assert!(unwrap(&k, "pki/other", &w).is_err(), "moved to another name");
+        assert!(
+            unwrap(&k, "pki/other", &w).is_err(),
+            "moved to another name"
+        );
         assert!(unwrap(&k, "pki/root", &w[..10]).is_err(), "truncated");
     }
 }

@@ -13,10 +13,15 @@ pub mod tls;
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
     #[error("master key file {path}: {source}")]
-    KeyFile { path: String, source: std::io::Error },
+    KeyFile {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("the master key must be 32 bytes, written as 64 hex digits or base64")]
     KeyFormat,
-    #[error("master key file {path} is readable by other users (mode {mode:o}); run chmod 600 on it")]
+    #[error(
+        "master key file {path} is readable by other users (mode {mode:o}); run chmod 600 on it"
+    )]
     KeyFileMode { path: String, mode: u32 },
     #[error("a wrapped secret could not be opened: wrong master key or corrupted data")]
     Unwrap,

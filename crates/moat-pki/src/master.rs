@@ -64,7 +64,9 @@ impl MasterKey {
         if hex::decode_to_slice(text, &mut k).is_ok() {
             return Ok(Self(k));
         }
-        let mut bytes = base64::engine::general_purpose::STANDARD.decode(text).map_err(|_| PkiError::KeyFormat)?;
+        let mut bytes = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(|_| PkiError::KeyFormat)?;
         if bytes.len() != 32 {
             bytes.zeroize();
             return Err(PkiError::KeyFormat);
@@ -77,7 +79,10 @@ impl MasterKey {
     /// Reads the key at `path`, or creates it (mode 0600) if there is none.
     /// Returns whether it was created. A key file others can read is refused.
     pub fn load_or_create(path: &Path) -> Result<(Self, bool), PkiError> {
-        let err = |source| PkiError::KeyFile { path: path.display().to_string(), source };
+        let err = |source| PkiError::KeyFile {
+            path: path.display().to_string(),
+            source,
+        };
         match std::fs::read_to_string(path) {
             Ok(mut text) => {
                 check_mode(path)?;
@@ -107,7 +112,8 @@ impl MasterKey {
     pub fn derive(&self, purpose: Purpose) -> [u8; 32] {
         let hk = Hkdf::<Sha256>::new(Some(b"moat master key"), &self.0);
         let mut out = [0u8; 32];
-        hk.expand(purpose.info(), &mut out).expect("32 bytes is a valid HKDF-SHA256 length");
+        hk.expand(purpose.info(), &mut out)
+            .expect("32 bytes is a valid HKDF-SHA256 length");
         out
     }
 }
@@ -115,10 +121,16 @@ impl MasterKey {
 #[cfg(unix)]
 fn check_mode(path: &Path) -> Result<(), PkiError> {
     use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).map_err(|source| PkiError::KeyFile { path: path.display().to_string(), source })?;
+    let meta = std::fs::metadata(path).map_err(|source| PkiError::KeyFile {
+        path: path.display().to_string(),
+        source,
+    })?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        return Err(PkiError::KeyFileMode { path: path.display().to_string(), mode });
+        return Err(PkiError::KeyFileMode {
+            path: path.display().to_string(),
+            mode,
+        });
     }
     Ok(())
 }
@@ -141,7 +153,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
         let (k2, created) = MasterKey::load_or_create(&path).unwrap();
         assert!(!created);
@@ -158,7 +173,10 @@ mod tests {
             let path = dir.path().join("master.key");
             MasterKey::load_or_create(&path).unwrap();
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-            assert!(matches!(MasterKey::load_or_create(&path), Err(PkiError::KeyFileMode { .. })));
+            assert!(matches!(
+                MasterKey::load_or_create(&path),
+                Err(PkiError::KeyFileMode { .. })
+            ));
         }
     }
 

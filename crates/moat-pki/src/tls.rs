@@ -26,12 +26,17 @@ pub fn provider() -> Arc<CryptoProvider> {
             cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
             cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
         ],
-        kx_groups: vec![ring::kx_group::X25519, ring::kx_group::SECP256R1, ring::kx_group::SECP384R1],
+        kx_groups: vec![
+            ring::kx_group::X25519,
+            ring::kx_group::SECP256R1,
+            ring::kx_group::SECP384R1,
+        ],
         ..ring::default_provider()
     })
 }
 
-const VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
+const VERSIONS: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
 
 /// Parses every certificate in a PEM text.
 pub fn certs_from_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>, PkiError> {
@@ -48,7 +53,8 @@ pub fn certs_from_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>, PkiErro
 /// `key_pem`, offering HTTP/2 and HTTP/1.1 by ALPN.
 pub fn server_config(cert_chain_pem: &str, key_pem: &str) -> Result<Arc<ServerConfig>, PkiError> {
     let certs = certs_from_pem(cert_chain_pem)?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| PkiError::Pem(e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| PkiError::Pem(e.to_string()))?;
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(VERSIONS)?
         .with_no_client_auth()
@@ -78,7 +84,9 @@ mod tests {
     #[test]
     fn configs_build_from_issued_material() {
         let ca = Authority::generate("t", time::Duration::days(1)).unwrap();
-        let s = ca.issue_server(&["localhost".into()], time::Duration::days(1)).unwrap();
+        let s = ca
+            .issue_server(&["localhost".into()], time::Duration::days(1))
+            .unwrap();
         let cfg = server_config(&s.cert_pem, &s.key_pem).unwrap();
         assert_eq!(cfg.alpn_protocols[0], b"h2");
         client_config(ca.cert_pem()).unwrap();

@@ -1,0 +1,496 @@
+//! The store against a real encrypted file in a temporary directory.
+
+use std::path::Path;
+
+use chrono::Utc;
+use moat_core::audit::{AuditChain, AuditRecord, Break, Outcome, now_millis};
+use moat_core::credential::RefreshToken;
+use moat_core::page::ListQuery;
+use moat_core::store::{AuditFilter, Change, ConnectionsOf, Store, StoreError};
+use moat_core::*;
+
+use super::SqliteStore;
+
+const KEY: [u8; 32] = [7; 32];
+
+fn open(dir: &Path) -> SqliteStore {
+    SqliteStore::open(&dir.join("moat.db"), &KEY, AuditChain::new([9; 32])).expect("opens")
+}
+
+fn tenant(name: &str, parent: Option<&Tenant>) -> Tenant {
+    let id = TenantId::new();
+    let now = now_millis();
+    Tenant {
+        id,
+        parent_id: parent.map(|p| p.id),
+        path: parent.map_or_else(|| TenantPath::root(id), |p| p.path.child(id)),
+        name: name.into(),
+        tags: vec![],
+        metadata: serde_json::json!({}),
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+fn device(t: &Tenant, name: &str, tags: &[&str]) -> Device {
+    let now = now_millis();
+    Device {
+        id: DeviceId::new(),
+        tenant_id: t.id,
+        name: name.into(),
+        tags: tags.iter().map(|s| s.to_string()).collect(),
+        metadata: serde_json::json!({"k": 1}),
+        state: DeviceState::Active,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+fn user(t: &Tenant, username: &str) -> User {
+    let now = now_millis();
+    User {
+        id: UserId::new(),
+        tenant_id: t.id,
+        username: username.into(),
+        display_name: username.into(),
+        role: Role::Operator,
+        disabled: false,
+        password_hash: "$argon2id$x".into(),
+        sessions_valid_after: now,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+fn record(action: &str, t: Option<&Tenant>) -> AuditRecord {
+    let mut r = AuditRecord::new("system", action, "-", Outcome::Success);
+    r.tenant_id = t.map(|t| t.id);
+    r
+}
+
+#[tokio::test]
+async fn entities_round_trip_and_lists_page_and_filter() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let root = tenant("root", None);
+    let child = tenant("child", Some(&root));
+    s.apply(
+        vec![
+            Change::InsertTenant(root.clone()),
+            Change::InsertTenant(child.clone()),
+        ],
+        Some(record("t", Some(&root))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.tenant(child.id).await.unwrap(), Some(child.clone()));
+    assert_eq!(
+        s.tenants(None, &ListQuery::first(10)).await.unwrap().items,
+        vec![root.clone()]
+    );
+    assert_eq!(
+        s.tenants(Some(root.id), &ListQuery::first(10))
+            .await
+            .unwrap()
+            .items,
+        vec![child.clone()]
+    );
+
+    let devices: Vec<Device> = (0..5)
+        .map(|i| {
+            device(
+                &root,
+                &format!("Sensor-{i}"),
+                if i % 2 == 0 { &["even"] } else { &["odd"] },
+            )
+        })
+        .collect();
+    s.apply(
+        devices.iter().cloned().map(Change::InsertDevice).collect(),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.device(devices[3].id).await.unwrap(),
+        Some(devices[3].clone())
+    );
+
+    let mut q = ListQuery::first(2);
+    let mut names = Vec::new();
+    let mut pages = 0;
+    loop {
+        let p = s.devices(root.id, None, &q).await.unwrap();
+        pages += 1;
+        names.extend(p.items.iter().map(|d| d.name.clone()));
+        match p.next_cursor {
+            Some(c) => q.after = Some(c.parse().unwrap()),
+            None => break,
+        }
+    }
+    assert_eq!((pages, names.len()), (3, 5));
+    let even = ListQuery {
+        tag: Some("even".into()),
+        ..ListQuery::first(10)
+    };
+    assert_eq!(
+        s.devices(root.id, None, &even).await.unwrap().items.len(),
+        3
+    );
+    let named = ListQuery {
+        name: Some("sensor-1".into()),
+        ..ListQuery::first(10)
+    };
+    assert_eq!(
+        s.devices(root.id, None, &named).await.unwrap().items[0].id,
+        devices[1].id
+    );
+    assert!(
+        s.devices(child.id, None, &ListQuery::first(10))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert!(
+        s.devices(root.id, Some(DeviceState::Revoked), &ListQuery::first(10))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+
+    let u = user(&root, "alice");
+    let now = now_millis();
+    let ch = Channel {
+        id: ChannelId::new(),
+        tenant_id: root.id,
+        name: "c".into(),
+        tags: vec![],
+        metadata: serde_json::json!({}),
+        payload_policy: PayloadPolicy::Json,
+        retention_days: Some(7),
+        created_at: now,
+        updated_at: now,
+    };
+    let conn = moat_core::Connection {
+        tenant_id: root.id,
+        device_id: devices[0].id,
+        channel_id: ch.id,
+        publish: true,
+        subscribe: false,
+        created_at: now,
+        updated_at: now,
+    };
+    s.apply(
+        vec![
+            Change::InsertUser(u.clone()),
+            Change::InsertChannel(ch.clone()),
+            Change::PutConnection(conn.clone()),
+        ],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.user_by_username("alice").await.unwrap(), Some(u));
+    assert_eq!(s.channel(ch.id).await.unwrap(), Some(ch.clone()));
+    assert_eq!(
+        s.connection(ch.id, devices[0].id).await.unwrap(),
+        Some(conn.clone())
+    );
+    assert_eq!(
+        s.connections(ConnectionsOf::Device(devices[0].id), &ListQuery::first(10))
+            .await
+            .unwrap()
+            .items,
+        vec![conn]
+    );
+    // Deleting the device takes its connections with it.
+    s.apply(vec![Change::DeleteDevice(devices[0].id)], None)
+        .await
+        .unwrap();
+    assert!(
+        s.connections(ConnectionsOf::Channel(ch.id), &ListQuery::first(10))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn conflicts_and_missing_rows_are_reported_and_a_failed_batch_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let a = tenant("a", None);
+    let b = tenant("b", None);
+    s.apply(
+        vec![
+            Change::InsertTenant(a.clone()),
+            Change::InsertTenant(b.clone()),
+        ],
+        None,
+    )
+    .await
+    .unwrap();
+    s.apply(vec![Change::InsertUser(user(&a, "alice"))], None)
+        .await
+        .unwrap();
+    assert!(
+        matches!(s.apply(vec![Change::InsertUser(user(&b, "alice"))], None).await, Err(StoreError::Conflict(m)) if m.contains("taken"))
+    );
+    s.apply(vec![Change::InsertDevice(device(&a, "d", &[]))], None)
+        .await
+        .unwrap();
+    s.apply(vec![Change::InsertDevice(device(&b, "d", &[]))], None)
+        .await
+        .expect("the same name in another tenant");
+
+    let first = device(&a, "fresh", &[]);
+    let twin = device(&a, "d", &[]);
+    let r = s
+        .apply(
+            vec![
+                Change::InsertDevice(first.clone()),
+                Change::InsertDevice(twin),
+            ],
+            Some(record("batch", Some(&a))),
+        )
+        .await;
+    assert!(matches!(r, Err(StoreError::Conflict(_))));
+    assert_eq!(
+        s.device(first.id).await.unwrap(),
+        None,
+        "the batch rolled back"
+    );
+    assert!(
+        s.audit_events(&AuditFilter {
+            action: Some("batch".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .is_empty()
+    );
+
+    assert!(matches!(
+        s.apply(vec![Change::UpdateDevice(device(&a, "ghost", &[]))], None)
+            .await,
+        Err(StoreError::NotFound("device"))
+    ));
+    assert!(
+        matches!(s.apply(vec![Change::DeleteTenant(a.id)], None).await, Err(StoreError::Conflict(m)) if m.contains("not empty"))
+    );
+
+    let u = s.user_by_username("alice").await.unwrap().unwrap();
+    let rt = RefreshToken {
+        id: RefreshTokenId::new(),
+        user_id: u.id,
+        family_id: RefreshTokenId::new(),
+        secret_hash: "h".into(),
+        created_at: now_millis(),
+        expires_at: now_millis(),
+        used_at: None,
+        revoked_at: None,
+    };
+    s.apply(vec![Change::InsertRefreshToken(rt.clone())], None)
+        .await
+        .unwrap();
+    s.apply(
+        vec![Change::UseRefreshToken {
+            id: rt.id,
+            at: Utc::now(),
+        }],
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        s.apply(
+            vec![Change::UseRefreshToken {
+                id: rt.id,
+                at: Utc::now()
+            }],
+            None
+        )
+        .await,
+        Err(StoreError::Conflict(_))
+    ));
+}
+
+#[tokio::test]
+async fn the_file_is_encrypted_survives_reopening_and_refuses_a_wrong_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = tenant("t", None);
+    let d = device(&t, "secret-boiler-4711", &[]);
+    {
+        let s = open(dir.path());
+        s.apply(
+            vec![
+                Change::InsertTenant(t.clone()),
+                Change::InsertDevice(d.clone()),
+            ],
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    for name in ["moat.db", "moat.db-wal"] {
+        if let Ok(bytes) = std::fs::read(dir.path().join(name)) {
+            assert!(!bytes.starts_with(b"SQLite format 3"));
+            assert!(
+                !bytes.windows(18).any(|w| w == b"secret-boiler-4711"),
+                "{name} leaks the name"
+            );
+        }
+    }
+    assert_eq!(open(dir.path()).device(d.id).await.unwrap(), Some(d));
+    let wrong = SqliteStore::open(
+        &dir.path().join("moat.db"),
+        &[8; 32],
+        AuditChain::new([9; 32]),
+    );
+    assert!(matches!(wrong, Err(StoreError::WrongKey)));
+}
+
+fn raw(dir: &Path) -> rusqlite::Connection {
+    let c = rusqlite::Connection::open(dir.join("moat.db")).unwrap();
+    c.pragma_update(None, "key", format!("x'{}'", hex::encode(KEY)))
+        .unwrap();
+    c
+}
+
+#[tokio::test]
+async fn audit_filters_and_verification_find_tampering() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let root = tenant("root", None);
+    let a = tenant("a", Some(&root));
+    let b = tenant("b", Some(&root));
+    s.apply(
+        vec![
+            Change::InsertTenant(root.clone()),
+            Change::InsertTenant(a.clone()),
+            Change::InsertTenant(b.clone()),
+        ],
+        None,
+    )
+    .await
+    .unwrap();
+    for i in 0..10 {
+        let t = if i % 2 == 0 { &a } else { &b };
+        let mut r = record(if i < 5 { "device.create" } else { "auth.login" }, Some(t));
+        r.outcome = if i == 9 {
+            Outcome::Failure
+        } else {
+            Outcome::Success
+        };
+        s.append_audit(r).await.unwrap();
+    }
+    let f = |filter: AuditFilter| {
+        let s = &s;
+        async move {
+            s.audit_events(&AuditFilter {
+                limit: 100,
+                ..filter
+            })
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(f(AuditFilter::default()).await.len(), 10);
+    let of_a = f(AuditFilter {
+        tenant: Some(a.path.clone()),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(of_a.len(), 5);
+    assert!(of_a.windows(2).all(|w| w[0].seq > w[1].seq), "newest first");
+    assert_eq!(
+        f(AuditFilter {
+            tenant: Some(root.path.clone()),
+            ..Default::default()
+        })
+        .await
+        .len(),
+        10
+    );
+    assert_eq!(
+        f(AuditFilter {
+            action: Some("auth.".into()),
+            ..Default::default()
+        })
+        .await
+        .len(),
+        5
+    );
+    assert_eq!(
+        f(AuditFilter {
+            action: Some("auth".into()),
+            ..Default::default()
+        })
+        .await
+        .len(),
+        0
+    );
+    assert_eq!(
+        f(AuditFilter {
+            outcome: Some(Outcome::Failure),
+            ..Default::default()
+        })
+        .await
+        .len(),
+        1
+    );
+    assert_eq!(
+        f(AuditFilter {
+            before_seq: Some(4),
+            ..Default::default()
+        })
+        .await
+        .len(),
+        3
+    );
+
+    let report = s.verify_audit().await.unwrap();
+    assert_eq!((report.checked, report.broken.clone()), (10, None));
+
+    let c = raw(dir.path());
+    assert!(
+        c.execute("UPDATE audit SET actor = 'x' WHERE seq = 4", [])
+            .is_err(),
+        "append-only"
+    );
+    assert!(
+        c.execute("DELETE FROM audit WHERE seq = 4", []).is_err(),
+        "append-only"
+    );
+    c.execute_batch("DROP TRIGGER audit_no_update; DROP TRIGGER audit_no_delete; UPDATE audit SET actor = 'user:mallory' WHERE seq = 4;").unwrap();
+    assert_eq!(
+        s.verify_audit().await.unwrap().broken,
+        Some(Break::Altered { seq: 4 })
+    );
+    c.execute_batch("DELETE FROM audit WHERE seq IN (3, 4)")
+        .unwrap();
+    let r = s.verify_audit().await.unwrap();
+    assert_eq!(
+        r.broken,
+        Some(Break::Missing {
+            expected: 3,
+            found: 5
+        })
+    );
+    assert_eq!((r.checked, r.head_seq), (2, 2));
+}
+
+#[tokio::test]
+async fn a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    raw(dir.path())
+        .pragma_update(None, "user_version", 99)
+        .unwrap();
+    let r = SqliteStore::open(&dir.path().join("moat.db"), &KEY, AuditChain::new([9; 32]));
+    assert!(matches!(r, Err(StoreError::SchemaTooNew { found: 99, .. })));
+}

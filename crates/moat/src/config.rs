@@ -1,0 +1,196 @@
+//! The server's configuration: one typed struct, read from a TOML file, then
+//! `MOAT_*` environment variables, then command-line flags — a later source
+//! wins. Defaults are the secure ones: TLS only, secrets in owner-only files.
+//!
+//! The doc comments of [`Config`]'s fields are the configuration reference
+//! (README's table is taken from them).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct Config {
+    /// Where Moat keeps its database, master key and CA certificate.
+    pub(crate) data_dir: PathBuf,
+    /// HTTPS (REST API) listen address.
+    pub(crate) listen: SocketAddr,
+    /// Also serve plain HTTP on `plain_listen`. For development only.
+    pub(crate) insecure_dev: bool,
+    /// Plain HTTP listen address, used only with `insecure_dev`.
+    pub(crate) plain_listen: SocketAddr,
+    /// The master key file; default `<data_dir>/master.key`. The
+    /// `MOAT_MASTER_KEY` variable (64 hex digits or base64) overrides it.
+    pub(crate) master_key_file: Option<PathBuf>,
+    /// Host names and IP addresses the server certificate is issued for.
+    pub(crate) server_names: Vec<String>,
+    /// Lifetime of access tokens.
+    #[serde(with = "humantime_serde")]
+    pub(crate) access_token_ttl: Duration,
+    /// Lifetime of refresh tokens (each use rotates them).
+    #[serde(with = "humantime_serde")]
+    pub(crate) refresh_token_ttl: Duration,
+    /// Open connections per listener; beyond it, new ones wait.
+    pub(crate) max_connections: usize,
+    /// Log format on stderr: `text` or `json`.
+    pub(crate) log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("moat-data"),
+            listen: "0.0.0.0:8443".parse().expect("a valid address"),
+            insecure_dev: false,
+            plain_listen: "127.0.0.1:8080".parse().expect("a valid address"),
+            master_key_file: None,
+            server_names: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            access_token_ttl: Duration::from_secs(3600),
+            refresh_token_ttl: Duration::from_secs(30 * 24 * 3600),
+            max_connections: 10_000,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// The keys `MOAT_*` variables may set: the fields of [`Config`]. Other
+/// `MOAT_` variables (the CLI's, secrets) are not configuration.
+const FIELDS: &[&str] = &[
+    "data_dir",
+    "listen",
+    "insecure_dev",
+    "plain_listen",
+    "master_key_file",
+    "server_names",
+    "access_token_ttl",
+    "refresh_token_ttl",
+    "max_connections",
+    "log_format",
+];
+
+/// Flags of `moat serve`; each one, when given, wins over file and environment.
+#[derive(clap::Args, Debug, Default, Serialize)]
+pub(crate) struct ServeArgs {
+    /// A TOML configuration file.
+    #[arg(long, env = "MOAT_CONFIG")]
+    #[serde(skip)]
+    pub(crate) config: Option<PathBuf>,
+    /// Where Moat keeps its database, master key and CA certificate [default: ./moat-data].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// HTTPS listen address [default: 0.0.0.0:8443].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) listen: Option<SocketAddr>,
+    /// Also serve plain, unencrypted HTTP. Never in production.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) insecure_dev: bool,
+    /// Plain HTTP listen address with --insecure-dev [default: 127.0.0.1:8080].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) plain_listen: Option<SocketAddr>,
+    /// The master key file [default: <data-dir>/master.key].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) master_key_file: Option<PathBuf>,
+    /// A host name or IP address for the server certificate (repeatable).
+    #[arg(long = "server-name")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) server_names: Vec<String>,
+    /// Log format on stderr.
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) log_format: Option<LogFormat>,
+}
+
+impl Config {
+    /// Defaults, then the file, then the environment, then the flags.
+    pub(crate) fn load(args: &ServeArgs) -> Result<Self, Box<figment::Error>> {
+        Self::figment(args, Env::prefixed("MOAT_").only(FIELDS))
+            .extract()
+            .map_err(Box::new)
+    }
+
+    fn figment(args: &ServeArgs, env: Env) -> Figment {
+        let mut f = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = &args.config {
+            f = f.merge(Toml::file_exact(path));
+        }
+        f.merge(env).merge(Serialized::defaults(args))
+    }
+
+    pub(crate) fn master_key_path(&self) -> PathBuf {
+        self.master_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("master.key"))
+    }
+}
+
+#[cfg(test)]
+// figment's `Jail` closures return its (large) error type; that is its API.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_list_matches_the_struct() {
+        let v = serde_json::to_value(Config::default()).unwrap();
+        let mut keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        let mut fields: Vec<_> = FIELDS.iter().map(|s| s.to_string()).collect();
+        fields.sort();
+        assert_eq!(keys, fields);
+    }
+
+    #[test]
+    fn flags_beat_environment_beats_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("moat.toml", "listen = \"127.0.0.1:1000\"\ndata_dir = \"from-file\"\naccess_token_ttl = \"15m\"\n")?;
+            jail.set_env("MOAT_LISTEN", "127.0.0.1:2000");
+            jail.set_env("MOAT_URL", "https://not-config.example");
+            let mut args = ServeArgs {
+                config: Some("moat.toml".into()),
+                ..ServeArgs::default()
+            };
+            let c = Config::load(&args).map_err(|e| *e)?;
+            assert_eq!(c.listen.port(), 2000, "env beats file");
+            assert_eq!(c.data_dir, PathBuf::from("from-file"));
+            assert_eq!(c.access_token_ttl, Duration::from_secs(900));
+            assert!(!c.insecure_dev);
+            args.listen = Some("127.0.0.1:3000".parse().unwrap());
+            assert_eq!(
+                Config::load(&args).map_err(|e| *e)?.listen.port(),
+                3000,
+                "flags beat env"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("moat.toml", "lsiten = \"127.0.0.1:1000\"\n")?;
+            let args = ServeArgs {
+                config: Some("moat.toml".into()),
+                ..ServeArgs::default()
+            };
+            assert!(Config::load(&args).is_err());
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,188 @@
+//! `moat serve`: wires the store, the key material and the HTTP adapter,
+//! binds the listeners, and runs until SIGTERM or Ctrl-C.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use moat_core::audit::AuditChain;
+use moat_core::sessions::SessionRegistry;
+use moat_core::store::Store;
+use moat_http::server::{self, ServeOptions};
+use moat_http::{AppState, Settings};
+use moat_pki::master::{MasterKey, Purpose};
+use moat_store::SqliteStore;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::bootstrap;
+use crate::config::{Config, LogFormat, ServeArgs};
+
+pub(crate) const DB_FILE: &str = "moat.db";
+
+pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let config = Config::load(&args).context("reading the configuration")?;
+    init_logging(config.log_format);
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+    restrict_dir(&config.data_dir)?;
+
+    let master = load_master_key(&config, true)?;
+    let store = open_store(&config, &master)?;
+    let store: Arc<dyn Store> = Arc::new(store);
+
+    bootstrap::admin(store.as_ref()).await?;
+    let tls = bootstrap::pki(store.as_ref(), &master, &config).await?;
+
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| tracing::warn!(error = %e, "metrics are off"))
+        .ok();
+    let settings = Settings {
+        access_token_ttl: config.access_token_ttl,
+        refresh_token_ttl: config.refresh_token_ttl,
+    };
+    let state = AppState::new(
+        store,
+        SessionRegistry::new(),
+        master.derive(Purpose::AccessTokens),
+        settings,
+        metrics,
+    );
+    drop(master);
+    let app = moat_http::app(state);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let opts = ServeOptions {
+        tls: Some(tls),
+        max_connections: config.max_connections,
+        handshake_timeout: Duration::from_secs(10),
+        drain_timeout: Duration::from_secs(10),
+    };
+    let mut servers = tokio::task::JoinSet::new();
+    if config.insecure_dev {
+        let plain = TcpListener::bind(config.plain_listen)
+            .await
+            .with_context(|| format!("binding plain HTTP on {}", config.plain_listen))?;
+        let addr = plain.local_addr()?;
+        eprintln!(
+            "\n  !!! INSECURE: plain, unencrypted HTTP is on at http://{addr} (--insecure-dev)."
+        );
+        eprintln!(
+            "  !!! Credentials and data cross the network in the clear. Never use this in production.\n"
+        );
+        tracing::warn!(%addr, "insecure plain HTTP listener is on");
+        println!("http listening on {addr}");
+        let opts = ServeOptions {
+            tls: None,
+            ..opts.clone()
+        };
+        servers.spawn(server::run(
+            plain,
+            app.clone(),
+            opts,
+            stopped(stop_rx.clone()),
+        ));
+    }
+    let https = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding HTTPS on {}", config.listen))?;
+    let addr = https.local_addr()?;
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), "moat is serving");
+    println!("https listening on {addr}");
+    servers.spawn(server::run(https, app, opts, stopped(stop_rx)));
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: no new connections; draining open ones");
+    let _ = stop_tx.send(true);
+    while servers.join_next().await.is_some() {}
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+/// The master key from `MOAT_MASTER_KEY` or its file; the file is created
+/// only when `create` (the server's first start), never by other commands.
+pub(crate) fn load_master_key(config: &Config, create: bool) -> anyhow::Result<MasterKey> {
+    if let Ok(text) = std::env::var("MOAT_MASTER_KEY") {
+        return MasterKey::parse(&text).context("MOAT_MASTER_KEY");
+    }
+    let path = config.master_key_path();
+    if !create && !path.exists() {
+        bail!(
+            "no master key at {} (set --master-key-file, --data-dir or MOAT_MASTER_KEY)",
+            path.display()
+        );
+    }
+    let (key, created) = MasterKey::load_or_create(&path)?;
+    if created {
+        tracing::warn!(path = %path.display(), "created a new master key; back it up: without it the data cannot be read");
+    }
+    Ok(key)
+}
+
+pub(crate) fn open_store(config: &Config, master: &MasterKey) -> anyhow::Result<SqliteStore> {
+    let path = config.data_dir.join(DB_FILE);
+    match SqliteStore::open(
+        &path,
+        &master.derive(Purpose::Database),
+        AuditChain::new(master.derive(Purpose::AuditChain)),
+    ) {
+        Ok(s) => Ok(s),
+        Err(moat_core::store::StoreError::WrongKey) => bail!(
+            "cannot open {}: the master key is wrong, or the file is not a Moat database (check --master-key-file / MOAT_MASTER_KEY)",
+            path.display()
+        ),
+        Err(e) => Err(e).with_context(|| format!("opening {}", path.display())),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MOAT_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+#[cfg(unix)]
+fn restrict_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("restricting {} to its owner", dir.display()))
+}
+
+#[cfg(not(unix))]
+fn restrict_dir(_: &Path) -> anyhow::Result<()> {
+    Ok(())
+}
