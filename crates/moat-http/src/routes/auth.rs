@@ -52,6 +52,8 @@ pub struct Session {
 pub struct WhoAmI {
     #[schema(value_type = Object)]
     pub subject: Subject,
+    /// The user's username, the API key's or the device's name.
+    pub name: Option<String>,
     pub tenant_id: TenantId,
     pub role: Option<Role>,
 }
@@ -316,10 +318,19 @@ pub async fn logout(
 /// Tells who the presented credentials belong to.
 #[utoipa::path(get, path = "/auth/whoami", tag = TAG_AUTH,
     responses((status = 200, body = WhoAmI), (status = 401, body = Problem)))]
-pub async fn whoami(caller: Caller) -> Json<WhoAmI> {
-    Json(WhoAmI {
+pub async fn whoami(
+    State(s): State<Arc<AppState>>,
+    caller: Caller,
+) -> Result<Json<WhoAmI>, ApiError> {
+    let name = match caller.principal.subject {
+        Subject::User(id) => s.store.user(id).await?.map(|u| u.username),
+        Subject::ApiKey(id) => s.store.api_key(id).await?.map(|k| k.name),
+        Subject::Device(id) => s.store.device(id).await?.map(|d| d.name),
+    };
+    Ok(Json(WhoAmI {
         subject: caller.principal.subject,
+        name,
         tenant_id: caller.principal.tenant_id(),
         role: caller.principal.role,
-    })
+    }))
 }
