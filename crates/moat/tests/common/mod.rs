@@ -174,6 +174,31 @@ impl Server {
         std::mem::replace(&mut self.dir, dir)
     }
 
+    /// Stops the server with SIGTERM; returns how it exited and everything
+    /// it wrote to stderr.
+    pub fn terminate(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "moat serve did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = Vec::new();
+        while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(5)) {
+            err.push(line);
+        }
+        (status, err)
+    }
+
     /// Logs in and returns an access token.
     pub async fn login(&self, username: &str, password: &str) -> String {
         let r = self
