@@ -6,9 +6,11 @@
 
 use std::net::IpAddr;
 
+pub use rcgen::RevocationReason;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    PKCS_ECDSA_P256_SHA256, RevokedCertParams, SanType, SerialNumber,
 };
 use time::{Duration, OffsetDateTime};
 use zeroize::Zeroizing;
@@ -19,6 +21,14 @@ use crate::PkiError;
 pub struct Authority {
     cert_pem: String,
     key: KeyPair,
+}
+
+/// One entry of a CRL.
+pub struct Revoked {
+    /// Lower-case hex, as [`crate::inspect::CertInfo::serial`].
+    pub serial: String,
+    pub at_ms: i64,
+    pub reason: RevocationReason,
 }
 
 /// A certificate with its new private key.
@@ -64,6 +74,69 @@ impl Authority {
 
     pub fn cert_pem(&self) -> &str {
         &self.cert_pem
+    }
+
+    /// The signer rcgen needs, from this CA's certificate and key.
+    pub(crate) fn issuer(&self) -> Result<Issuer<'_, &KeyPair>, PkiError> {
+        Ok(Issuer::from_ca_cert_pem(&self.cert_pem, &self.key)?)
+    }
+
+    /// A tenant's intermediate CA: signs device certificates only (path
+    /// length 0), named after the tenant.
+    pub fn issue_tenant_ca(&self, tenant: &str, validity: Duration) -> Result<Authority, PkiError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = name(&format!("Moat tenant CA {tenant}"));
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        params.serial_number = Some(random_serial());
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::hours(1);
+        params.not_after = now + validity;
+        let cert = params.signed_by(&key, &self.issuer()?)?;
+        Ok(Authority {
+            cert_pem: cert.pem(),
+            key,
+        })
+    }
+
+    /// A CRL (DER) listing `revoked`, signed by this CA, valid until
+    /// `next_update`.
+    pub fn crl(
+        &self,
+        revoked: &[Revoked],
+        number: u64,
+        next_update: Duration,
+    ) -> Result<Vec<u8>, PkiError> {
+        let now = OffsetDateTime::now_utc();
+        let revoked_certs = revoked
+            .iter()
+            .map(|r| {
+                let serial = hex::decode(&r.serial)
+                    .map_err(|_| PkiError::Pem(format!("bad serial {}", r.serial)))?;
+                Ok(RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&serial),
+                    revocation_time: OffsetDateTime::from_unix_timestamp(r.at_ms.div_euclid(1000))
+                        .unwrap_or(now),
+                    reason_code: Some(r.reason),
+                    invalidity_date: None,
+                })
+            })
+            .collect::<Result<Vec<_>, PkiError>>()?;
+        let params = CertificateRevocationListParams {
+            this_update: now,
+            next_update: now + next_update,
+            crl_number: SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer()?)?.der().to_vec())
     }
 
     pub fn key_pem(&self) -> Zeroizing<String> {
@@ -126,7 +199,7 @@ fn name(common_name: &str) -> DistinguishedName {
     dn
 }
 
-fn random_serial() -> SerialNumber {
+pub(crate) fn random_serial() -> SerialNumber {
     use rand::RngCore;
     let mut b = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut b);
@@ -150,6 +223,29 @@ mod tests {
             .unwrap();
         assert!(issued.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
         assert!(issued.not_after > OffsetDateTime::now_utc() + Duration::days(364));
+    }
+
+    #[test]
+    fn crls_list_revoked_serials_and_are_signed_by_the_ca() {
+        use x509_parser::prelude::FromDer;
+        let root = Authority::generate("root", Duration::days(10)).unwrap();
+        let ca = root.issue_tenant_ca("acme", Duration::days(5)).unwrap();
+        let revoked = [Revoked {
+            serial: "0a1b2c".into(),
+            at_ms: 1_700_000_000_000,
+            reason: RevocationReason::KeyCompromise,
+        }];
+        let der = ca.crl(&revoked, 7, Duration::days(1)).unwrap();
+        let (_, crl) =
+            x509_parser::revocation_list::CertificateRevocationList::from_der(&der).unwrap();
+        assert_eq!(crl.iter_revoked_certificates().count(), 1);
+        assert_eq!(
+            crl.iter_revoked_certificates().next().unwrap().raw_serial(),
+            &[0x0a, 0x1b, 0x2c]
+        );
+        let ca_cert = crate::inspect::cert_info_pem(ca.cert_pem()).unwrap();
+        let (_, ca_x) = x509_parser::certificate::X509Certificate::from_der(&ca_cert.der).unwrap();
+        crl.verify_signature(ca_x.public_key()).unwrap();
     }
 
     #[test]

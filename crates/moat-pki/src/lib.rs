@@ -3,12 +3,20 @@
 //! - [`master`]: the master key, from which every other key is derived;
 //! - [`envelope`]: secrets (CA keys) wrapped under a key derived from it;
 //! - [`ca`]: the platform CA and the certificates it issues;
+//! - [`device`]: device certificates from CSRs or generated keys, PKCS#12;
+//! - [`inspect`]: reading certificates, checking a tenant's own CA;
+//! - [`trust`]: which client certificates are devices, and the verifier;
+//! - [`resolver`]: the server certificate, replaceable while serving;
 //! - [`tls`]: the one rustls configuration every listener uses.
 
 pub mod ca;
+pub mod device;
 pub mod envelope;
+pub mod inspect;
 pub mod master;
+pub mod resolver;
 pub mod tls;
+pub mod trust;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
@@ -33,4 +41,16 @@ pub enum PkiError {
     ServerName(String),
     #[error("pem: {0}")]
     Pem(String),
+    #[error("certificate request: {0}")]
+    Csr(String),
+    #[error("weak or unsupported key: {0}")]
+    WeakKey(String),
+    #[error("not a CA certificate")]
+    NotCa,
+    #[error("{0} is expired or not yet valid")]
+    OutOfValidity(&'static str),
+    #[error("verification certificate: {0}")]
+    Verification(String),
+    #[error("pkcs#12: {0}")]
+    Pkcs12(String),
 }

@@ -2,8 +2,9 @@
 //! exchange and AEAD suites only (ChaCha20-Poly1305 included for small
 //! devices without AES hardware), on the `ring` provider.
 //!
-//! Client certificates (device identities) join here with the PKI issue; the
-//! HTTPS listener takes none yet.
+//! Client certificates (device identities) are checked by
+//! [`crate::trust::DeviceVerifier`]; the server certificate comes from
+//! [`crate::resolver::ServerCert`], which renewals replace in place.
 
 use std::sync::Arc;
 
@@ -60,6 +61,21 @@ pub fn server_config(cert_chain_pem: &str, key_pem: &str) -> Result<Arc<ServerCo
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The configuration of every listener: the replaceable server certificate
+/// and device client certificates checked by `verifier`, with `alpn`.
+pub fn listener_config(
+    cert: Arc<crate::resolver::ServerCert>,
+    verifier: Arc<crate::trust::DeviceVerifier>,
+    alpn: &[&[u8]],
+) -> Result<Arc<ServerConfig>, PkiError> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(cert);
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }
 
