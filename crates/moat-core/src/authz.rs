@@ -62,10 +62,16 @@ pub enum ResourceKind {
     Connection,
     ApiKey,
     Audit,
+    /// A device's X.509 certificate (`id`: the device, for a device's own).
+    Certificate,
+    /// A tenant's certificate authority.
+    Authority,
+    /// One-time codes with which devices are claimed into a tenant.
+    ClaimCode,
 }
 
 impl ResourceKind {
-    pub const ALL: [ResourceKind; 8] = [
+    pub const ALL: [ResourceKind; 11] = [
         ResourceKind::Tenant,
         ResourceKind::User,
         ResourceKind::Device,
@@ -74,6 +80,9 @@ impl ResourceKind {
         ResourceKind::Connection,
         ResourceKind::ApiKey,
         ResourceKind::Audit,
+        ResourceKind::Certificate,
+        ResourceKind::Authority,
+        ResourceKind::ClaimCode,
     ];
 }
 
@@ -154,10 +163,15 @@ pub fn authorize(principal: &Principal, action: Action, resource: &Resource<'_>)
         return Decision::NotFound;
     }
     let allowed = match (principal.subject, principal.role) {
+        // A device reads itself, and renews its own credentials (the
+        // resource's id is then the device's).
         (Subject::Device(id), _) => {
-            resource.kind == ResourceKind::Device
-                && resource.id == Some(id.0)
-                && action == Action::Read
+            resource.id == Some(id.0)
+                && match resource.kind {
+                    ResourceKind::Device => action == Action::Read,
+                    ResourceKind::Certificate | ResourceKind::DeviceKey => action == Action::Create,
+                    _ => false,
+                }
         }
         (Subject::User(id), Some(role)) if is_self(id, resource) => self_service(role, action),
         (_, Some(role)) => role_allows(role, action, resource, principal),
@@ -200,7 +214,7 @@ fn role_allows(role: Role, action: Action, resource: &Resource<'_>, principal: &
         (Role::Operator, K::Device | K::Channel | K::Connection) => {
             matches!(action, Read | Create | Update | Delete)
         }
-        (Role::Operator | Role::Viewer, K::Tenant) => read,
+        (Role::Operator | Role::Viewer, K::Tenant | K::Certificate | K::Authority) => read,
         (Role::Viewer, K::Device | K::Channel | K::Connection) => read,
         (Role::Auditor, K::Audit | K::Tenant | K::User) => read,
         _ => false,

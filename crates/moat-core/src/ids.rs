@@ -76,3 +76,9 @@ id_type!(/// A device key (the secret is never stored).
     DeviceKeyId);
 id_type!(/// A refresh token (the secret is never stored).
     RefreshTokenId);
+id_type!(/// A device certificate Moat knows (issued, imported or registered).
+    CertificateId);
+id_type!(/// A certificate authority of a tenant.
+    AuthorityId);
+id_type!(/// A one-time claim code.
+    ClaimCodeId);

@@ -14,6 +14,7 @@ pub mod credential;
 pub mod domain;
 pub mod ids;
 pub mod page;
+pub mod pki;
 pub mod sessions;
 pub mod store;
 pub mod throttle;

@@ -14,6 +14,7 @@ use crate::credential::{ApiKey, DeviceKey, RefreshToken};
 use crate::domain::*;
 use crate::ids::*;
 use crate::page::{ListQuery, Page};
+use crate::pki::*;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -87,6 +88,55 @@ pub enum Change {
     },
     RevokeUserRefreshTokens {
         user_id: UserId,
+        at: DateTime<Utc>,
+    },
+    /// Ends a device key's life at `at` unless it ends sooner (a rotation's
+    /// overlap).
+    ExpireDeviceKey {
+        id: DeviceKeyId,
+        at: DateTime<Utc>,
+    },
+    /// Moves a device into another tenant (claiming); its connections go.
+    MoveDevice {
+        id: DeviceId,
+        tenant_id: TenantId,
+        state: DeviceState,
+        at: DateTime<Utc>,
+    },
+    InsertAuthority(Authority),
+    /// Changes a CA's just-in-time mode.
+    UpdateAuthority(Authority),
+    DeleteAuthority(AuthorityId),
+    /// `Conflict` if a certificate with the same fingerprint is known.
+    InsertCertificate(Certificate),
+    /// Revokes a certificate at `at` (kept if it was revoked sooner).
+    RevokeCertificate {
+        id: CertificateId,
+        at: DateTime<Utc>,
+        reason: String,
+    },
+    /// Revokes every certificate of a device not revoked by `at`.
+    RevokeDeviceCertificates {
+        device_id: DeviceId,
+        at: DateTime<Utc>,
+        reason: String,
+    },
+    /// The code a tenant's own CA must sign a verification certificate for.
+    PutRegistrationCode {
+        tenant_id: TenantId,
+        code: String,
+        expires_at: DateTime<Utc>,
+    },
+    InsertClaimCode(ClaimCode),
+    /// Marks a code claimed; `Conflict` if it already was.
+    ClaimWithCode {
+        id: ClaimCodeId,
+        by: String,
+        at: DateTime<Utc>,
+    },
+    /// Spends a claimed code; `Conflict` if it was already spent.
+    UseClaimCode {
+        id: ClaimCodeId,
         at: DateTime<Utc>,
     },
     /// A named secret (CA key material, wrapped); replaces any earlier value.
@@ -199,6 +249,47 @@ pub trait Store: Send + Sync + 'static {
     async fn audit_events(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>, StoreError>;
     /// Walks the whole chain in order and reports the first break.
     async fn verify_audit(&self) -> Result<AuditReport, StoreError>;
+
+    async fn authority(&self, id: AuthorityId) -> Result<Option<Authority>, StoreError>;
+    /// A tenant's CAs, oldest first.
+    async fn authorities(&self, tenant: TenantId) -> Result<Vec<Authority>, StoreError>;
+    /// Every CA, for the trust index.
+    async fn all_authorities(&self) -> Result<Vec<Authority>, StoreError>;
+
+    async fn certificate(&self, id: CertificateId) -> Result<Option<Certificate>, StoreError>;
+    async fn certificate_by_fingerprint(
+        &self,
+        fingerprint: &str,
+    ) -> Result<Option<Certificate>, StoreError>;
+    /// A device's certificates, oldest first.
+    async fn device_certificates(&self, device: DeviceId) -> Result<Vec<Certificate>, StoreError>;
+    /// Certificates not yet expired at `now` (revoked ones included): what
+    /// the trust index and CRLs are built from.
+    async fn live_certificates(&self, now: DateTime<Utc>) -> Result<Vec<Certificate>, StoreError>;
+    /// Certificates of a CA revoked by `now` and not yet expired.
+    async fn revoked_certificates(
+        &self,
+        authority: AuthorityId,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Certificate>, StoreError>;
+    /// Certificates in `tenant`'s subtree that are valid now and expire
+    /// before `before`, soonest first, at most `limit`.
+    async fn expiring_certificates(
+        &self,
+        tenant: &TenantPath,
+        now: DateTime<Utc>,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Certificate>, StoreError>;
+    /// Devices in `quarantined` or `revoked` state, for the trust index.
+    async fn blocked_devices(&self) -> Result<Vec<(DeviceId, DeviceState)>, StoreError>;
+
+    /// A tenant's current registration code and its expiry.
+    async fn registration_code(
+        &self,
+        tenant: TenantId,
+    ) -> Result<Option<(String, DateTime<Utc>)>, StoreError>;
+    async fn claim_code_by_hash(&self, hash: &str) -> Result<Option<ClaimCode>, StoreError>;
 
     async fn secret(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
 }

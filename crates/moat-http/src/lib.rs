@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod extract;
+pub mod pki;
 pub mod problem;
 pub mod routes;
 pub mod server;

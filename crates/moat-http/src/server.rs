@@ -32,6 +32,18 @@ pub struct ServeOptions {
     pub handshake_timeout: Duration,
     /// How long open connections get to finish after shutdown begins.
     pub drain_timeout: Duration,
+    /// Identifies devices by their client certificates, audits refused
+    /// ones, and registers device connections for cutting.
+    pub pki: Option<Arc<crate::pki::Pki>>,
+    pub sessions: Option<Arc<moat_core::sessions::SessionRegistry>>,
+}
+
+/// The device a connection's client certificate belongs to, attached to
+/// each of its requests; `fingerprint` names the certificate.
+#[derive(Clone, Debug)]
+pub struct PeerDevice {
+    pub device_id: moat_core::DeviceId,
+    pub fingerprint: String,
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then drains.
@@ -64,47 +76,91 @@ pub async fn run(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = service_for(app.clone(), peer);
+        let app = app.clone();
         let acceptor = acceptor.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let handshake_timeout = opts.handshake_timeout;
-        let span = tracing::debug_span!("conn", %peer);
+        let pki = opts.pki.clone();
+        let sessions = opts.sessions.clone();
+        let span = tracing::debug_span!("conn", %peer, device = tracing::field::Empty);
         tokio::spawn(
             async move {
                 let _permit = permit;
-                match acceptor {
-                    Some(acceptor) => {
-                        let tls =
-                            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
-                                .await
-                            {
-                                Ok(Ok(tls)) => tls,
-                                Ok(Err(e)) => {
-                                    metrics::counter!("moat_tls_handshake_failures_total")
-                                        .increment(1);
-                                    tracing::debug!(error = %e, "tls handshake failed");
-                                    return;
-                                }
-                                Err(_) => {
-                                    metrics::counter!("moat_tls_handshake_failures_total")
-                                        .increment(1);
-                                    tracing::debug!("tls handshake timed out");
-                                    return;
-                                }
-                            };
-                        let conn =
-                            builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-                        if let Err(e) = watcher.watch(conn.into_owned()).await {
+                let Some(acceptor) = acceptor else {
+                    let conn = builder.serve_connection_with_upgrades(
+                        TokioIo::new(stream),
+                        service_for(app, peer, None),
+                    );
+                    if let Err(e) = watcher.watch(conn.into_owned()).await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    return;
+                };
+                let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
+                    .await
+                {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        metrics::counter!("moat_tls_handshake_failures_total").increment(1);
+                        tracing::debug!(error = %e, "tls handshake failed");
+                        let tls_error = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
+                        if let (Some(pki), Some(err)) = (&pki, tls_error) {
+                            pki.refused(err, peer).await;
+                        }
+                        return;
+                    }
+                    Err(_) => {
+                        metrics::counter!("moat_tls_handshake_failures_total").increment(1);
+                        tracing::debug!("tls handshake timed out");
+                        return;
+                    }
+                };
+                let leaf = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|c| c.clone().into_owned());
+                let device = match (&pki, leaf) {
+                    (Some(pki), Some(leaf)) => match pki.identify(&leaf, peer).await {
+                        Ok(Some((device_id, fingerprint))) => Some(PeerDevice {
+                            device_id,
+                            fingerprint,
+                        }),
+                        Ok(None) => return,
+                        Err(e) => {
+                            tracing::error!(error = %e, "could not identify a device certificate");
+                            return;
+                        }
+                    },
+                    _ => None,
+                };
+                // A device's connection joins the session registry: revoking
+                // or quarantining the device fires `cut` and drops it.
+                let cut = Arc::new(tokio::sync::Notify::new());
+                let _session = match (&device, &sessions) {
+                    (Some(d), Some(reg)) => {
+                        tracing::Span::current()
+                            .record("device", tracing::field::display(d.device_id));
+                        let cut = Arc::clone(&cut);
+                        Some(reg.join(d.device_id, move |_| cut.notify_one()))
+                    }
+                    _ => None,
+                };
+                let conn = builder.serve_connection_with_upgrades(
+                    TokioIo::new(tls),
+                    service_for(app, peer, device),
+                );
+                tokio::select! {
+                    r = watcher.watch(conn.into_owned()) => {
+                        if let Err(e) = r {
                             tracing::debug!(error = %e, "connection ended with an error");
                         }
                     }
-                    None => {
-                        let conn =
-                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                        if let Err(e) = watcher.watch(conn.into_owned()).await {
-                            tracing::debug!(error = %e, "connection ended with an error");
-                        }
+                    () = cut.notified() => {
+                        metrics::counter!("moat_device_sessions_cut_total").increment(1);
+                        tracing::info!("device session cut");
                     }
                 }
             }
@@ -120,10 +176,11 @@ pub async fn run(
     }
 }
 
-/// The router with the peer's address attached to every request.
+/// The router with the peer's address (and device) attached to every request.
 fn service_for(
     app: Router,
     peer: SocketAddr,
+    device: Option<PeerDevice>,
 ) -> TowerToHyperService<
     tower::util::MapRequest<
         Router,
@@ -132,6 +189,9 @@ fn service_for(
 > {
     TowerToHyperService::new(app.map_request(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
+        if let Some(d) = &device {
+            req.extensions_mut().insert(d.clone());
+        }
         req
     }))
 }

@@ -34,6 +34,8 @@ impl Default for Settings {
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub sessions: Arc<SessionRegistry>,
+    /// Device identity: CAs, the trust index, the server certificate.
+    pub pki: Arc<crate::pki::Pki>,
     pub tokens: AccessTokens,
     /// Failed sign-ins per account.
     pub accounts: Throttle,
@@ -54,6 +56,7 @@ impl AppState {
     pub fn new(
         store: Arc<dyn Store>,
         sessions: Arc<SessionRegistry>,
+        pki: Arc<crate::pki::Pki>,
         token_key: [u8; 32],
         settings: Settings,
         metrics: Option<PrometheusHandle>,
@@ -61,6 +64,7 @@ impl AppState {
         Arc::new(Self {
             store,
             sessions,
+            pki,
             tokens: AccessTokens::new(&token_key, settings.access_token_ttl),
             accounts: Throttle::new(Policy::ACCOUNT, THROTTLE_CAPACITY),
             sources: Throttle::new(Policy::SOURCE, THROTTLE_CAPACITY),

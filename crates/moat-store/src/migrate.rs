@@ -6,7 +6,10 @@ use rusqlite::Connection;
 
 use crate::backend;
 
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_init.sql"),
+    include_str!("../migrations/0002_pki.sql"),
+];
 
 pub(crate) fn run(conn: &mut Connection) -> Result<(), StoreError> {
     let current: i64 = conn

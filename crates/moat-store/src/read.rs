@@ -2,10 +2,12 @@
 //! `write::apply`, and the audit log's filters and verification.
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use moat_core::Connection as DeviceConnection;
 use moat_core::audit::{AuditEvent, AuditRecord};
 use moat_core::credential::{ApiKey, DeviceKey, RefreshToken};
 use moat_core::page::{ListQuery, Page};
+use moat_core::pki::*;
 use moat_core::store::{AuditFilter, AuditReport, Change, ConnectionsOf, Store, StoreError};
 use moat_core::*;
 use rusqlite::types::Value;
@@ -378,6 +380,159 @@ impl Store for SqliteStore {
                 head_hash: head_hash.to_owned(),
                 broken: None,
             })
+        })
+        .await
+    }
+
+    async fn authority(&self, id: AuthorityId) -> Result<Option<Authority>, StoreError> {
+        self.read(by_id("authorities", id.0, rows::authority)).await
+    }
+
+    async fn authorities(&self, tenant: TenantId) -> Result<Vec<Authority>, StoreError> {
+        self.read(move |c| {
+            Query::new("authorities", "id")
+                .eq("tenant_id", tenant.to_string())
+                .rows(c, None, rows::authority)
+        })
+        .await
+    }
+
+    async fn all_authorities(&self) -> Result<Vec<Authority>, StoreError> {
+        self.read(|c| Query::new("authorities", "id").rows(c, None, rows::authority))
+            .await
+    }
+
+    async fn certificate(&self, id: CertificateId) -> Result<Option<Certificate>, StoreError> {
+        self.read(by_id("certificates", id.0, rows::certificate))
+            .await
+    }
+
+    async fn certificate_by_fingerprint(
+        &self,
+        fingerprint: &str,
+    ) -> Result<Option<Certificate>, StoreError> {
+        let fp = fingerprint.to_owned();
+        self.read(move |c| {
+            Query::new("certificates", "id")
+                .eq("fingerprint", fp)
+                .one(c, rows::certificate)
+        })
+        .await
+    }
+
+    async fn device_certificates(&self, device: DeviceId) -> Result<Vec<Certificate>, StoreError> {
+        self.read(move |c| {
+            Query::new("certificates", "id")
+                .eq("device_id", device.to_string())
+                .rows(c, None, rows::certificate)
+        })
+        .await
+    }
+
+    async fn live_certificates(&self, now: DateTime<Utc>) -> Result<Vec<Certificate>, StoreError> {
+        self.read(move |c| {
+            let mut q = Query::new("certificates", "id");
+            q.args.push(ms(now).into());
+            q.conds.push("not_after >= ?1".into());
+            q.rows(c, None, rows::certificate)
+        })
+        .await
+    }
+
+    async fn revoked_certificates(
+        &self,
+        authority: AuthorityId,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Certificate>, StoreError> {
+        self.read(move |c| {
+            let mut q = Query::new("certificates", "id").eq("authority_id", authority.to_string());
+            q.args.push(ms(now).into());
+            let n = q.args.len();
+            q.conds
+                .push(format!("revoked_at <= ?{n} AND not_after >= ?{n}"));
+            q.rows(c, None, rows::certificate)
+        })
+        .await
+    }
+
+    async fn expiring_certificates(
+        &self,
+        tenant: &TenantPath,
+        now: DateTime<Utc>,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Certificate>, StoreError> {
+        let prefix = tenant.encode();
+        self.read(move |c| {
+            let mut q = Query::new("certificates", "not_after, id");
+            q.args.push(Value::Integer(prefix.len() as i64));
+            q.args.push(prefix.into());
+            q.args.push(ms(now).into());
+            q.args.push(ms(before).into());
+            q.conds.push("substr(tenant_path, 1, ?1) = ?2".into());
+            q.conds.push("not_after >= ?3 AND not_after < ?4".into());
+            q.conds
+                .push("(revoked_at IS NULL OR revoked_at > ?3)".into());
+            q.rows(c, Some(u64::from(limit)), rows::certificate)
+        })
+        .await
+    }
+
+    async fn blocked_devices(&self) -> Result<Vec<(DeviceId, DeviceState)>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT id, state FROM devices WHERE state IN ('quarantined', 'revoked')",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                .map_err(backend)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, state) = row.map_err(backend)?;
+                let id = id
+                    .parse::<DeviceId>()
+                    .map_err(|e| StoreError::Backend(e.to_string()))?;
+                let state = DeviceState::parse(&state)
+                    .ok_or_else(|| StoreError::Backend(format!("unknown state {state}")))?;
+                out.push((id, state));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn registration_code(
+        &self,
+        tenant: TenantId,
+    ) -> Result<Option<(String, DateTime<Utc>)>, StoreError> {
+        self.read(move |c| {
+            c.query_row(
+                "SELECT code, expires_at FROM registration_codes WHERE tenant_id = ?1",
+                [tenant.to_string()],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
+            )
+            .optional()
+            .map_err(backend)
+            .map(|o| {
+                o.map(|(code, at)| {
+                    (
+                        code,
+                        DateTime::from_timestamp_millis(at).unwrap_or_default(),
+                    )
+                })
+            })
+        })
+        .await
+    }
+
+    async fn claim_code_by_hash(&self, hash: &str) -> Result<Option<ClaimCode>, StoreError> {
+        let h = hash.to_owned();
+        self.read(move |c| {
+            Query::new("claim_codes", "id")
+                .eq("code_hash", h)
+                .one(c, rows::claim_code)
         })
         .await
     }

@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use moat_core::audit::{AuditEvent, AuditRecord, Outcome};
 use moat_core::credential::{ApiKey, DeviceKey, RefreshToken};
+use moat_core::pki::*;
 use moat_core::*;
 use rusqlite::Row;
 use rusqlite::types::Type;
@@ -176,5 +177,53 @@ pub(crate) fn audit_event(row: &Row<'_>) -> rusqlite::Result<AuditEvent> {
         },
         prev_hash: row.get("prev_hash")?,
         hash: row.get("hash")?,
+    })
+}
+
+pub(crate) fn authority(row: &Row<'_>) -> rusqlite::Result<Authority> {
+    Ok(Authority {
+        id: AuthorityId(uuid(row, "id")?),
+        tenant_id: TenantId(uuid(row, "tenant_id")?),
+        kind: parsed(row, "kind", AuthorityKind::parse)?,
+        subject: row.get("subject")?,
+        fingerprint: row.get("fingerprint")?,
+        not_after: time(row, "not_after")?,
+        jit: parsed(row, "jit", JitMode::parse)?,
+        cert_pem: row.get("cert_pem")?,
+        created_at: time(row, "created_at")?,
+    })
+}
+
+pub(crate) fn certificate(row: &Row<'_>) -> rusqlite::Result<Certificate> {
+    Ok(Certificate {
+        id: CertificateId(uuid(row, "id")?),
+        tenant_id: TenantId(uuid(row, "tenant_id")?),
+        device_id: DeviceId(uuid(row, "device_id")?),
+        authority_id: opt_uuid(row, "authority_id")?.map(AuthorityId),
+        serial: row.get("serial")?,
+        fingerprint: row.get("fingerprint")?,
+        subject: row.get("subject")?,
+        key_algorithm: row.get("key_algorithm")?,
+        not_before: time(row, "not_before")?,
+        not_after: time(row, "not_after")?,
+        origin: parsed(row, "origin", CertificateOrigin::parse)?,
+        created_at: time(row, "created_at")?,
+        revoked_at: opt_time(row, "revoked_at")?,
+        revocation_reason: row.get("revocation_reason")?,
+        cert_pem: row.get("cert_pem")?,
+    })
+}
+
+pub(crate) fn claim_code(row: &Row<'_>) -> rusqlite::Result<ClaimCode> {
+    Ok(ClaimCode {
+        id: ClaimCodeId(uuid(row, "id")?),
+        tenant_id: TenantId(uuid(row, "tenant_id")?),
+        device_id: DeviceId(uuid(row, "device_id")?),
+        created_at: time(row, "created_at")?,
+        expires_at: time(row, "expires_at")?,
+        claimed_at: opt_time(row, "claimed_at")?,
+        claimed_by: row.get("claimed_by")?,
+        used_at: opt_time(row, "used_at")?,
+        code_hash: row.get("code_hash")?,
     })
 }

@@ -187,6 +187,104 @@ fn one(tx: &Transaction<'_>, change: Change) -> Result<(), StoreError> {
             .execute("UPDATE refresh_tokens SET revoked_at = ?2 WHERE user_id = ?1 AND revoked_at IS NULL", params![user_id.to_string(), ms(at)])
             .map(drop)
             .map_err(backend),
+        Change::ExpireDeviceKey { id, at } => tx
+            .execute("UPDATE device_keys SET expires_at = min(coalesce(expires_at, ?2), ?2) WHERE id = ?1", params![id.to_string(), ms(at)])
+            .map_err(backend)
+            .and_then(exactly_one("device key")),
+        Change::MoveDevice { id, tenant_id, state, at } => {
+            let id = id.to_string();
+            tx.execute("DELETE FROM connections WHERE device_id = ?1", [&id]).map_err(backend)?;
+            tx.execute(
+                "UPDATE device_keys SET tenant_id = ?2 WHERE device_id = ?1",
+                params![id, tenant_id.to_string()],
+            )
+            .map_err(backend)?;
+            let name: String = tx
+                .query_row("SELECT name FROM devices WHERE id = ?1", [&id], |r| r.get(0))
+                .optional()
+                .map_err(backend)?
+                .ok_or(StoreError::NotFound("device"))?;
+            tx.execute(
+                "UPDATE devices SET tenant_id = ?2, state = ?3, updated_at = ?4 WHERE id = ?1",
+                params![id, tenant_id.to_string(), state.as_str(), ms(at)],
+            )
+            .map(drop)
+            .map_err(unique(|| format!("a device named {name:?} already exists in this tenant")))
+        }
+        Change::InsertAuthority(a) => tx
+            .execute(
+                "INSERT INTO authorities (id, tenant_id, kind, subject, fingerprint, not_after, jit, cert_pem, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![a.id.to_string(), a.tenant_id.to_string(), a.kind.as_str(), a.subject, a.fingerprint, ms(a.not_after), a.jit.as_str(), a.cert_pem, ms(a.created_at)],
+            )
+            .map(drop)
+            .map_err(unique(|| "this CA is already registered for the tenant".into())),
+        Change::UpdateAuthority(a) => tx
+            .execute("UPDATE authorities SET jit = ?2 WHERE id = ?1", params![a.id.to_string(), a.jit.as_str()])
+            .map_err(backend)
+            .and_then(exactly_one("certificate authority")),
+        Change::DeleteAuthority(id) => tx
+            .execute("DELETE FROM authorities WHERE id = ?1", [id.to_string()])
+            .map_err(backend)
+            .and_then(exactly_one("certificate authority")),
+        Change::InsertCertificate(c) => {
+            let path: String = tx
+                .query_row("SELECT path FROM tenants WHERE id = ?1", [c.tenant_id.to_string()], |r| r.get(0))
+                .optional()
+                .map_err(backend)?
+                .ok_or(StoreError::NotFound("tenant"))?;
+            tx.execute(
+                "INSERT INTO certificates (id, tenant_id, tenant_path, device_id, authority_id, serial, fingerprint, subject, key_algorithm, not_before, not_after, origin, created_at, revoked_at, revocation_reason, cert_pem) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                params![c.id.to_string(), c.tenant_id.to_string(), path, c.device_id.to_string(), c.authority_id.map(|a| a.to_string()), c.serial, c.fingerprint, c.subject, c.key_algorithm, ms(c.not_before), ms(c.not_after), c.origin.as_str(), ms(c.created_at), opt_ms(c.revoked_at), c.revocation_reason, c.cert_pem],
+            )
+            .map(drop)
+            .map_err(unique(|| "this certificate is already registered".into()))
+        }
+        Change::RevokeCertificate { id, at, reason } => tx
+            .execute(
+                "UPDATE certificates SET revoked_at = min(coalesce(revoked_at, ?2), ?2), revocation_reason = CASE WHEN revoked_at IS NULL OR revoked_at > ?2 THEN ?3 ELSE revocation_reason END WHERE id = ?1",
+                params![id.to_string(), ms(at), reason],
+            )
+            .map_err(backend)
+            .and_then(exactly_one("certificate")),
+        Change::RevokeDeviceCertificates { device_id, at, reason } => tx
+            .execute(
+                "UPDATE certificates SET revoked_at = ?2, revocation_reason = ?3 WHERE device_id = ?1 AND (revoked_at IS NULL OR revoked_at > ?2)",
+                params![device_id.to_string(), ms(at), reason],
+            )
+            .map(drop)
+            .map_err(backend),
+        Change::PutRegistrationCode { tenant_id, code, expires_at } => tx
+            .execute(
+                "INSERT INTO registration_codes (tenant_id, code, expires_at) VALUES (?1, ?2, ?3) ON CONFLICT (tenant_id) DO UPDATE SET code = excluded.code, expires_at = excluded.expires_at",
+                params![tenant_id.to_string(), code, ms(expires_at)],
+            )
+            .map(drop)
+            .map_err(backend),
+        Change::InsertClaimCode(c) => tx
+            .execute(
+                "INSERT INTO claim_codes (id, tenant_id, device_id, code_hash, created_at, expires_at, claimed_at, claimed_by, used_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![c.id.to_string(), c.tenant_id.to_string(), c.device_id.to_string(), c.code_hash, ms(c.created_at), ms(c.expires_at), opt_ms(c.claimed_at), c.claimed_by, opt_ms(c.used_at)],
+            )
+            .map(drop)
+            .map_err(unique(|| "claim code collision; try again".into())),
+        Change::ClaimWithCode { id, by, at } => {
+            let n = tx
+                .execute("UPDATE claim_codes SET claimed_at = ?2, claimed_by = ?3 WHERE id = ?1 AND claimed_at IS NULL", params![id.to_string(), ms(at), by])
+                .map_err(backend)?;
+            if n == 0 {
+                return Err(StoreError::Conflict("the device was already claimed".into()));
+            }
+            Ok(())
+        }
+        Change::UseClaimCode { id, at } => {
+            let n = tx
+                .execute("UPDATE claim_codes SET used_at = ?2 WHERE id = ?1 AND used_at IS NULL", params![id.to_string(), ms(at)])
+                .map_err(backend)?;
+            if n == 0 {
+                return Err(StoreError::Conflict("the claim code was already used".into()));
+            }
+            Ok(())
+        }
         Change::PutSecret { name, value } => tx
             .execute("INSERT INTO secrets (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = excluded.value", params![name, value])
             .map(drop)

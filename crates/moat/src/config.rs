@@ -39,6 +39,13 @@ pub(crate) struct Config {
     pub(crate) max_connections: usize,
     /// Log format on stderr: `text` or `json`.
     pub(crate) log_format: LogFormat,
+    /// Default lifetime of device certificates Moat issues.
+    #[serde(with = "humantime_serde")]
+    pub(crate) device_cert_validity: Duration,
+    /// How long a renewed device certificate or rotated device key keeps
+    /// working beside its successor.
+    #[serde(with = "humantime_serde")]
+    pub(crate) rotation_overlap: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -61,6 +68,8 @@ impl Default for Config {
             refresh_token_ttl: Duration::from_secs(30 * 24 * 3600),
             max_connections: 10_000,
             log_format: LogFormat::Text,
+            device_cert_validity: Duration::from_secs(365 * 24 * 3600),
+            rotation_overlap: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -78,6 +87,8 @@ const FIELDS: &[&str] = &[
     "refresh_token_ttl",
     "max_connections",
     "log_format",
+    "device_cert_validity",
+    "rotation_overlap",
 ];
 
 /// Flags of `moat serve`; each one, when given, wins over file and environment.

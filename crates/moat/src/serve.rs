@@ -9,9 +9,11 @@ use anyhow::{Context, bail};
 use moat_core::audit::AuditChain;
 use moat_core::sessions::SessionRegistry;
 use moat_core::store::Store;
+use moat_http::pki::{Pki, PkiSettings};
 use moat_http::server::{self, ServeOptions};
 use moat_http::{AppState, Settings};
 use moat_pki::master::{MasterKey, Purpose};
+use moat_pki::trust::DeviceVerifier;
 use moat_store::SqliteStore;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -33,7 +35,29 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let store: Arc<dyn Store> = Arc::new(store);
 
     bootstrap::admin(store.as_ref()).await?;
-    let tls = bootstrap::pki(store.as_ref(), &master, &config).await?;
+    let sessions = SessionRegistry::new();
+    let pki_settings = PkiSettings {
+        device_cert_validity: chrono::Duration::from_std(config.device_cert_validity)?,
+        rotation_overlap: chrono::Duration::from_std(config.rotation_overlap)?,
+        server_names: config.server_names.clone(),
+        ..PkiSettings::default()
+    };
+    let pki = Pki::open(
+        Arc::clone(&store),
+        Arc::clone(&sessions),
+        master.derive(Purpose::Wrapping),
+        pki_settings,
+    )
+    .await
+    .context("loading the certificate authority")?;
+    bootstrap::write_ca_pem(&config, pki.root_pem())?;
+    let verifier = DeviceVerifier::new(Arc::clone(&pki.index), false);
+    let tls = moat_pki::tls::listener_config(
+        Arc::clone(&pki.server_cert),
+        verifier,
+        &[b"h2", b"http/1.1"],
+    )?;
+    tokio::spawn(renew_server_cert(Arc::clone(&pki)));
 
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
@@ -45,7 +69,8 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let state = AppState::new(
         store,
-        SessionRegistry::new(),
+        Arc::clone(&sessions),
+        Arc::clone(&pki),
         master.derive(Purpose::AccessTokens),
         settings,
         metrics,
@@ -59,6 +84,8 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_connections: config.max_connections,
         handshake_timeout: Duration::from_secs(10),
         drain_timeout: Duration::from_secs(10),
+        pki: Some(Arc::clone(&pki)),
+        sessions: Some(sessions),
     };
     let mut servers = tokio::task::JoinSet::new();
     if config.insecure_dev {
@@ -76,6 +103,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         println!("http listening on {addr}");
         let opts = ServeOptions {
             tls: None,
+            pki: None,
             ..opts.clone()
         };
         servers.spawn(server::run(
@@ -99,6 +127,21 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     while servers.join_next().await.is_some() {}
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Checks twice a day whether the server certificate is due, and renews it
+/// in place: new handshakes present the new one, no restart needed.
+async fn renew_server_cert(pki: Arc<Pki>) {
+    let mut every = tokio::time::interval(Duration::from_secs(12 * 3600));
+    every.tick().await;
+    loop {
+        every.tick().await;
+        match pki.renew_server_cert(false).await {
+            Ok(true) => tracing::info!("renewed the server certificate"),
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "could not renew the server certificate"),
+        }
+    }
 }
 
 async fn stopped(mut rx: watch::Receiver<bool>) {

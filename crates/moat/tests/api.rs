@@ -260,9 +260,13 @@ async fn bad_input_gets_problem_json_with_the_right_status() {
         .header("content-type", "application/json")
         .body(format!("{{\"name\":\"{}\"}}", "x".repeat(2 * 1024 * 1024)))
         .send()
-        .await
-        .unwrap();
-    assert_eq!(huge.status(), 413);
+        .await;
+    // The server answers 413 as soon as the limit is crossed and closes;
+    // a client still writing the rest may see the reset instead.
+    match huge {
+        Ok(r) => assert_eq!(r.status(), 413),
+        Err(e) => assert!(e.is_request() || e.is_body(), "{e:?}"),
+    }
 
     assert_eq!(api.get("/devices/not-a-uuid").await.status, 400);
     assert_eq!(

@@ -63,9 +63,12 @@ fn granted(role: Role, kind: ResourceKind, action: Action) -> bool {
         },
         Role::Operator => {
             (FLEET.contains(&kind) && CRUD.contains(&action))
-                || (kind == K::Tenant && action == Read)
+                || ([K::Tenant, K::Certificate, K::Authority].contains(&kind) && action == Read)
         }
-        Role::Viewer => (FLEET.contains(&kind) || kind == K::Tenant) && action == Read,
+        Role::Viewer => {
+            (FLEET.contains(&kind) || [K::Tenant, K::Certificate, K::Authority].contains(&kind))
+                && action == Read
+        }
         Role::Auditor => [K::Audit, K::Tenant, K::User].contains(&kind) && action == Read,
     }
 }
@@ -83,7 +86,10 @@ fn expected(
     }
     let ok = match (p.subject, p.role) {
         (Subject::Device(d), _) => {
-            kind == ResourceKind::Device && id == Some(d.0) && action == Action::Read
+            id == Some(d.0)
+                && ((kind == ResourceKind::Device && action == Action::Read)
+                    || ([ResourceKind::Certificate, ResourceKind::DeviceKey].contains(&kind)
+                        && action == Action::Create))
         }
         (Subject::User(u), Some(_)) if kind == ResourceKind::User && id == Some(u.0) => {
             matches!(

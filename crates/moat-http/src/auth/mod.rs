@@ -30,6 +30,18 @@ use crate::state::AppState;
 pub struct Caller {
     pub principal: Principal,
     pub source: Option<SocketAddr>,
+    /// The device credential presented, for a device's own rotations.
+    pub credential: DeviceCredential,
+}
+
+/// Which device credential authenticated a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeviceCredential {
+    /// Not a device.
+    None,
+    Key(DeviceKeyId),
+    /// The client certificate of the connection, by fingerprint.
+    Certificate(String),
 }
 
 /// The peer's address, when the request came over a socket.
@@ -60,12 +72,32 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             .get(AUTHORIZATION)
             .and_then(|h| h.to_str().ok());
         let Some(header) = header else {
+            if let Some(peer) = parts.extensions.get::<crate::server::PeerDevice>().cloned() {
+                return match device_principal(state, peer.device_id).await {
+                    Ok(principal) => Ok(Caller {
+                        principal,
+                        source,
+                        credential: DeviceCredential::Certificate(peer.fingerprint),
+                    }),
+                    Err(Failure::Store(e)) => Err(e),
+                    Err(Failure::Refused { kind, reason }) => {
+                        Err(
+                            refuse(state, source, kind, reason, None, serde_json::Value::Null)
+                                .await,
+                        )
+                    }
+                };
+            }
             return Err(ApiError::unauthorized(
-                "this endpoint needs credentials: an access token, an API key or a device key",
+                "this endpoint needs credentials: an access token, an API key, a device key or a device certificate",
             ));
         };
         match authenticate(state, header).await {
-            Ok(principal) => Ok(Caller { principal, source }),
+            Ok((principal, credential)) => Ok(Caller {
+                principal,
+                source,
+                credential,
+            }),
             Err(Failure::Store(e)) => Err(e),
             Err(Failure::Refused { kind, reason }) => {
                 Err(refuse(state, source, kind, reason, None, serde_json::Value::Null).await)
@@ -92,7 +124,31 @@ fn refused(kind: &'static str, reason: &'static str) -> Failure {
     Failure::Refused { kind, reason }
 }
 
-async fn authenticate(state: &AppState, header: &str) -> Result<Principal, Failure> {
+/// A device that presented a known client certificate; it must be active.
+async fn device_principal(state: &AppState, id: moat_core::DeviceId) -> Result<Principal, Failure> {
+    let device = state
+        .store
+        .device(id)
+        .await?
+        .ok_or(refused("client_certificate", "device deleted"))?;
+    if device.state != DeviceState::Active {
+        return Err(refused("client_certificate", "device is not active"));
+    }
+    let tenant = state
+        .tenant_path(device.tenant_id)
+        .await
+        .map_err(Failure::Store)?;
+    Ok(Principal {
+        subject: Subject::Device(device.id),
+        tenant,
+        role: None,
+    })
+}
+
+async fn authenticate(
+    state: &AppState,
+    header: &str,
+) -> Result<(Principal, DeviceCredential), Failure> {
     let now = Utc::now();
     let (scheme, token) = header
         .split_once(' ')
@@ -117,11 +173,14 @@ async fn authenticate(state: &AppState, header: &str) -> Result<Principal, Failu
                 .tenant_path(key.tenant_id)
                 .await
                 .map_err(Failure::Store)?;
-            Ok(Principal {
-                subject: Subject::ApiKey(key.id),
-                tenant,
-                role: Some(key.role),
-            })
+            Ok((
+                Principal {
+                    subject: Subject::ApiKey(key.id),
+                    tenant,
+                    role: Some(key.role),
+                },
+                DeviceCredential::None,
+            ))
         }
         ("Device", Some(TokenKind::DeviceKey)) => {
             let (id, secret) = credential::parse(TokenKind::DeviceKey, token)
@@ -149,11 +208,14 @@ async fn authenticate(state: &AppState, header: &str) -> Result<Principal, Failu
                 .tenant_path(device.tenant_id)
                 .await
                 .map_err(Failure::Store)?;
-            Ok(Principal {
-                subject: Subject::Device(device.id),
-                tenant,
-                role: None,
-            })
+            Ok((
+                Principal {
+                    subject: Subject::Device(device.id),
+                    tenant,
+                    role: None,
+                },
+                DeviceCredential::Key(key.id),
+            ))
         }
         ("Bearer", None) => {
             let claims = state
@@ -175,11 +237,14 @@ async fn authenticate(state: &AppState, header: &str) -> Result<Principal, Failu
                 .tenant_path(user.tenant_id)
                 .await
                 .map_err(Failure::Store)?;
-            Ok(Principal {
-                subject: Subject::User(user.id),
-                tenant,
-                role: Some(user.role),
-            })
+            Ok((
+                Principal {
+                    subject: Subject::User(user.id),
+                    tenant,
+                    role: Some(user.role),
+                },
+                DeviceCredential::None,
+            ))
         }
         _ => Err(refused(
             "header",

@@ -273,15 +273,21 @@ pub async fn update(
         .record(action, format!("device:{id}"), Outcome::Success)
         .tenant(d.tenant_id)
         .detail(serde_json::json!({"state": d.state, "previous_state": before}));
-    s.store
-        .apply(vec![Change::UpdateDevice(d.clone())], Some(record))
-        .await?;
-    match d.state {
-        DeviceState::Revoked => cut(&s, id, CutReason::Revoked),
-        DeviceState::Quarantined => cut(&s, id, CutReason::Quarantined),
-        DeviceState::Pending => cut(&s, id, CutReason::Withdrawn),
-        DeviceState::Active => {}
+    let mut changes = vec![Change::UpdateDevice(d.clone())];
+    let revoking = before != DeviceState::Revoked && d.state == DeviceState::Revoked;
+    if revoking {
+        // A revoked device's certificates go on its CA's CRL.
+        changes.push(Change::RevokeDeviceCertificates {
+            device_id: id,
+            at: now_millis(),
+            reason: "cessation_of_operation".into(),
+        });
     }
+    s.store.apply(changes, Some(record)).await?;
+    if revoking {
+        s.pki.device_certificates_changed(id, false).await?;
+    }
+    s.pki.device_state_changed(id, d.state);
     Ok(Json(d))
 }
 
@@ -312,9 +318,16 @@ pub async fn delete(
     let record = caller
         .record("device.delete", format!("device:{id}"), Outcome::Success)
         .tenant(d.tenant_id);
+    // Its certificates stay, revoked, on the CRL until they expire.
+    let revoke = Change::RevokeDeviceCertificates {
+        device_id: id,
+        at: now_millis(),
+        reason: "cessation_of_operation".into(),
+    };
     s.store
-        .apply(vec![Change::DeleteDevice(id)], Some(record))
+        .apply(vec![revoke, Change::DeleteDevice(id)], Some(record))
         .await?;
+    s.pki.device_certificates_changed(id, false).await?;
     cut(&s, id, CutReason::Withdrawn);
     Ok(StatusCode::NO_CONTENT)
 }

@@ -5,6 +5,8 @@
 pub mod apikeys;
 pub mod audit;
 pub mod auth;
+pub mod authorities;
+pub mod certificates;
 pub mod channels;
 pub mod devices;
 pub mod ops;
@@ -45,6 +47,22 @@ pub fn api() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(apikeys::create, apikeys::list))
         .routes(routes!(apikeys::get, apikeys::revoke))
         .routes(routes!(audit::list))
+        .routes(routes!(certificates::create, certificates::list))
+        .routes(routes!(certificates::revoke))
+        .routes(routes!(certificates::renew_own))
+        .routes(routes!(certificates::rotate_own_key))
+        .routes(routes!(certificates::root_pem))
+        .routes(routes!(certificates::root_crl))
+        .routes(routes!(certificates::ca_crl))
+        .routes(routes!(authorities::list, authorities::register))
+        .routes(routes!(
+            authorities::get,
+            authorities::update,
+            authorities::delete
+        ))
+        .routes(routes!(authorities::registration_code))
+        .routes(routes!(authorities::expiring))
+        .routes(routes!(authorities::renew_server))
 }
 
 /// Turns `limit` and `cursor` query parameters into a list query.
@@ -80,3 +98,4 @@ pub(crate) const TAG_DEVICES: &str = "devices";
 pub(crate) const TAG_CHANNELS: &str = "channels";
 pub(crate) const TAG_KEYS: &str = "api keys";
 pub(crate) const TAG_AUDIT: &str = "audit";
+pub(crate) const TAG_PKI: &str = "pki";

@@ -106,12 +106,16 @@ pub async fn create(
         created_at: now,
         updated_at: now,
     };
+    // The tenant's CA is made with it, in the same transaction.
+    let (ca_changes, authority, ca) = s.pki.new_tenant_ca(id, &tenant.name)?;
     let record = caller
         .record("tenant.create", format!("tenant:{id}"), Outcome::Success)
-        .tenant(id);
-    s.store
-        .apply(vec![Change::InsertTenant(tenant.clone())], Some(record))
-        .await?;
+        .tenant(id)
+        .detail(serde_json::json!({ "authority_id": authority.id }));
+    let mut changes = vec![Change::InsertTenant(tenant.clone())];
+    changes.extend(ca_changes);
+    s.store.apply(changes, Some(record)).await?;
+    s.pki.adopt(&authority, ca)?;
     Ok((StatusCode::CREATED, Json(tenant)))
 }
 
