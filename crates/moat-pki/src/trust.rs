@@ -211,15 +211,15 @@ impl TrustIndex {
             .expect("the anchor webpki chose is one of ours")
             .anchor;
         let fingerprint = sha256(end_entity.as_ref());
-        let now_ms = i64::try_from(now.as_secs())
-            .unwrap_or(i64::MAX)
-            .saturating_mul(1000);
+        // `now` has whole seconds: a revocation counts from the start of its
+        // second, never later than it was made.
+        let now_s = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
         match inner.certs.get(&fingerprint) {
             Some(k) => {
                 if k.tenant_id != anchor.tenant_id {
                     return Err(other(Refusal::TenantMismatch));
                 }
-                if k.revoked_at.is_some_and(|at| at <= now_ms) {
+                if k.revoked_at.is_some_and(|at| at.div_euclid(1000) <= now_s) {
                     return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
                 }
                 if inner.revoked.contains(&k.device_id) {
