@@ -394,6 +394,12 @@ impl Pki {
         leaf: &CertificateDer<'static>,
         peer: SocketAddr,
     ) -> Result<Option<(DeviceId, String)>, IdentityError> {
+        // The verifier has just checked this certificate: a known one needs
+        // only its device; the full check runs again only for unknown ones.
+        let fingerprint = inspect::sha256(leaf.as_ref());
+        if let Some(k) = self.index.known(&fingerprint) {
+            return Ok(Some((DeviceId(k.device_id), hex::encode(fingerprint))));
+        }
         let provider = moat_pki::tls::provider();
         let verdict =
             match self

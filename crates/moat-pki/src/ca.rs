@@ -167,8 +167,7 @@ impl Authority {
         let now = OffsetDateTime::now_utc();
         params.not_before = now - Duration::hours(1);
         params.not_after = now + validity;
-        let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, &self.key)?;
-        let cert = params.signed_by(&key, &issuer)?;
+        let cert = params.signed_by(&key, &self.issuer()?)?;
         Ok(Issued {
             cert_pem: cert.pem(),
             key_pem: Zeroizing::new(key.serialize_pem()),

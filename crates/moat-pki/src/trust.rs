@@ -167,6 +167,11 @@ impl TrustIndex {
         }
     }
 
+    /// The indexed certificate with this fingerprint.
+    pub fn known(&self, fingerprint: &[u8; 32]) -> Option<Known> {
+        self.read().certs.get(fingerprint).cloned()
+    }
+
     /// The number of indexed certificates (for metrics and tests).
     pub fn len(&self) -> usize {
         self.read().certs.len()
