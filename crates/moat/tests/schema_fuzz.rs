@@ -37,7 +37,7 @@ const SEED: &str = "20261";
 /// Test cases per operation and phase: enough to reach every validation
 /// branch, few enough that the test stays well under two minutes.
 /// `MOAT_FUZZ_EXAMPLES` asks for more.
-const EXAMPLES: &str = "100";
+const EXAMPLES: &str = "60";
 /// A pass that has not finished by then is stuck, not slow.
 const PASS_DEADLINE: Duration = Duration::from_secs(300);
 /// The operations of passes 2, 3 and 4.
@@ -102,7 +102,8 @@ async fn no_request_gets_a_server_error() {
     let mut reports = vec![st(
         "1 (admin API key)",
         Some(format!("Bearer {key}")),
-        // One filter: `st` excludes what matches all of its filters.
+        // One regex: with a second exclusion of another kind (by name), `st`
+        // 4.32 excluded nothing at all.
         &[
             "--exclude-path-regex",
             &format!("{API_KEYS}|{DEVICE_SELF}|{SIGN_IN}"),
