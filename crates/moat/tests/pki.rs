@@ -717,3 +717,34 @@ async fn the_server_certificate_is_renewed_without_a_restart() {
     );
     assert_eq!(api.get("/auth/whoami").await.status, 200);
 }
+
+#[tokio::test]
+async fn a_device_holds_at_most_ten_usable_keys_issued_or_rotated() {
+    let server = Server::start();
+    let api = admin(&server).await;
+    let device = api.create("/devices", json!({"name": "capped"})).await;
+    let mut tokens = Vec::new();
+    for _ in 0..10 {
+        let k = api
+            .post(&format!("/devices/{device}/keys"), json!({}))
+            .await;
+        assert_eq!(k.status, 201);
+        tokens.push(k.body["token"].as_str().unwrap().to_owned());
+    }
+    let eleventh = api
+        .post(&format!("/devices/{device}/keys"), json!({}))
+        .await;
+    assert_eq!(eleventh.status, 409, "{:?}", eleventh.body);
+    // Rotation makes a key too: at the cap it is refused, and the old key stays.
+    let rotated = Api::device(&server, &tokens[0])
+        .post("/device/keys", json!({}))
+        .await;
+    assert_eq!(rotated.status, 409, "{:?}", rotated.body);
+    assert_eq!(
+        Api::device(&server, &tokens[0])
+            .get("/auth/whoami")
+            .await
+            .status,
+        200
+    );
+}

@@ -16,7 +16,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::TAG_PKI;
+use super::{TAG_PKI, optional_body};
 use crate::auth::Caller;
 use crate::extract::{Json, Path, Query};
 use crate::problem::{ApiError, Problem};
@@ -152,16 +152,7 @@ pub async fn registration_code(
     caller: Caller,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<RegistrationCode>), ApiError> {
-    let body: TenantBody = if body.iter().all(u8::is_ascii_whitespace) {
-        TenantBody::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("invalid body: {e}"),
-            )
-        })?
-    };
+    let body: TenantBody = optional_body(&body)?;
     let tenant = tenant_scope(
         &s,
         &caller,

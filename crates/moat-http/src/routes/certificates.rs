@@ -19,7 +19,7 @@ use moat_pki::device::{KeyAlgorithm, check_csr};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::TAG_PKI;
+use super::{TAG_PKI, optional_body};
 use crate::auth::{Caller, DeviceCredential};
 use crate::extract::{Json, Path};
 use crate::pki::IdentityError;
@@ -105,19 +105,6 @@ fn reason_code(r: &str) -> Option<RevocationReason> {
         "cessation_of_operation" => RevocationReason::CessationOfOperation,
         "privilege_withdrawn" => RevocationReason::PrivilegeWithdrawn,
         _ => return None,
-    })
-}
-
-/// An optional JSON body: empty means the defaults.
-fn optional_body<T: Default + for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("invalid body: {e}"),
-        )
     })
 }
 
@@ -535,17 +522,9 @@ pub async fn rotate_own_key(
         .device_key(*old)
         .await?
         .ok_or_else(|| ApiError::not_found("device key"))?;
-    let issued = moat_core::credential::issue(moat_core::credential::TokenKind::DeviceKey);
     let now = Utc::now();
-    let key = moat_core::credential::DeviceKey {
-        id: moat_core::DeviceKeyId(issued.id),
-        tenant_id: device.tenant_id,
-        device_id: id,
-        created_at: now,
-        expires_at: old_key.expires_at.map(|e| now + (e - old_key.created_at)),
-        revoked_at: None,
-        secret_hash: issued.hash,
-    };
+    let expires_at = old_key.expires_at.map(|e| now + (e - old_key.created_at));
+    let (key, token) = crate::routes::devices::new_key(&s, &device, now, expires_at).await?;
     let record = caller
         .record(
             "device_key.rotate",
@@ -564,9 +543,6 @@ pub async fn rotate_own_key(
     s.store.apply(changes, Some(record)).await?;
     Ok((
         StatusCode::CREATED,
-        Json(crate::routes::devices::IssuedDeviceKey {
-            key,
-            token: issued.token,
-        }),
+        Json(crate::routes::devices::IssuedDeviceKey { key, token }),
     ))
 }

@@ -15,7 +15,7 @@ use moat_core::{Connection, Device, DeviceId, DeviceKeyId, DeviceState, TenantId
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{TAG_DEVICES, empty_object, page};
+use super::{TAG_DEVICES, empty_object, optional_body, page};
 use crate::auth::Caller;
 use crate::extract::{Json, Path, Query};
 use crate::problem::{ApiError, Problem};
@@ -344,16 +344,7 @@ pub async fn create_key(
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<IssuedDeviceKey>), ApiError> {
     // The body is optional: an empty one takes the defaults.
-    let body: NewDeviceKey = if body.iter().all(u8::is_ascii_whitespace) {
-        NewDeviceKey::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("invalid body: {e}"),
-            )
-        })?
-    };
+    let body: NewDeviceKey = optional_body(&body)?;
     let (d, _) = load(
         &s,
         &caller,
@@ -375,9 +366,35 @@ pub async fn create_key(
         return Err(ApiError::conflict("the device is revoked"));
     }
     let now = now_millis();
+    let expires_at = body
+        .expires_in_days
+        .map(|days| now + chrono::Duration::days(days.into()));
+    let (key, token) = new_key(&s, &d, now, expires_at).await?;
+    let record = caller
+        .record(
+            "device_key.create",
+            format!("device_key:{}", key.id),
+            Outcome::Success,
+        )
+        .tenant(d.tenant_id)
+        .detail(serde_json::json!({"device_id": id}));
+    s.store
+        .apply(vec![Change::InsertDeviceKey(key.clone())], Some(record))
+        .await?;
+    Ok((StatusCode::CREATED, Json(IssuedDeviceKey { key, token })))
+}
+
+/// A new key for `d` and its token (to show once), unless the device
+/// already has [`MAX_DEVICE_KEYS`] usable keys. Issuing and rotating share it.
+pub(crate) async fn new_key(
+    s: &AppState,
+    d: &Device,
+    now: chrono::DateTime<chrono::Utc>,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<(DeviceKey, String), ApiError> {
     let usable = s
         .store
-        .device_keys(id)
+        .device_keys(d.id)
         .await?
         .iter()
         .filter(|k| k.is_usable(now))
@@ -391,32 +408,13 @@ pub async fn create_key(
     let key = DeviceKey {
         id: DeviceKeyId(issued.id),
         tenant_id: d.tenant_id,
-        device_id: id,
+        device_id: d.id,
         created_at: now,
-        expires_at: body
-            .expires_in_days
-            .map(|days| now + chrono::Duration::days(days.into())),
+        expires_at,
         revoked_at: None,
         secret_hash: issued.hash,
     };
-    let record = caller
-        .record(
-            "device_key.create",
-            format!("device_key:{}", key.id),
-            Outcome::Success,
-        )
-        .tenant(d.tenant_id)
-        .detail(serde_json::json!({"device_id": id}));
-    s.store
-        .apply(vec![Change::InsertDeviceKey(key.clone())], Some(record))
-        .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(IssuedDeviceKey {
-            key,
-            token: issued.token,
-        }),
-    ))
+    Ok((key, issued.token))
 }
 
 /// Lists a device's keys (never their secrets).

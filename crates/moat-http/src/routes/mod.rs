@@ -86,6 +86,21 @@ pub(crate) fn page(limit: Option<u32>, cursor: Option<&str>) -> Result<ListQuery
     })
 }
 
+/// An optional JSON body: empty means the defaults.
+pub(crate) fn optional_body<T: Default + for<'de> serde::Deserialize<'de>>(
+    body: &[u8],
+) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            format!("invalid body: {e}"),
+        )
+    })
+}
+
 pub(crate) fn empty_object() -> serde_json::Value {
     serde_json::Value::Object(serde_json::Map::new())
 }
