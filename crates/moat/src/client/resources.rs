@@ -577,6 +577,18 @@ fn object(pairs: Vec<(&str, Option<Value>)>) -> Map<String, Value> {
         .collect()
 }
 
+/// Calls an endpoint that answers nothing, and says what was done.
+async fn done(
+    s: &mut Session,
+    method: Method,
+    path: &str,
+    said: String,
+) -> anyhow::Result<ExitCode> {
+    s.call(method, path, None).await?;
+    eprintln!("{said}");
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Prints an issued secret: the token on stdout alone (so that scripts can
 /// capture it), the rest on stderr; or everything as JSON.
 fn print_issued(v: &Value, what: &str, g: &Global) {
@@ -728,10 +740,13 @@ async fn tenant(s: &mut Session, c: TenantCommand, g: &Global) -> anyhow::Result
         }
         TenantCommand::Delete { tenant } => {
             let id = resolve(s, "tenant", "/tenants", "name", &tenant, None).await?;
-            s.call(Method::DELETE, &format!("/tenants/{id}"), None)
-                .await?;
-            eprintln!("tenant {id} deleted");
-            Ok(ExitCode::SUCCESS)
+            done(
+                s,
+                Method::DELETE,
+                &format!("/tenants/{id}"),
+                format!("tenant {id} deleted"),
+            )
+            .await
         }
     }
 }
@@ -826,17 +841,23 @@ async fn user(s: &mut Session, c: UserCommand, g: &Global) -> anyhow::Result<Exi
         }
         UserCommand::Delete { user, tenant } => {
             let id = resolve_user(s, &user, tenant.as_deref()).await?;
-            s.call(Method::DELETE, &format!("/users/{id}"), None)
-                .await?;
-            eprintln!("user {id} deleted");
-            Ok(ExitCode::SUCCESS)
+            done(
+                s,
+                Method::DELETE,
+                &format!("/users/{id}"),
+                format!("user {id} deleted"),
+            )
+            .await
         }
         UserCommand::RevokeSessions { user, tenant } => {
             let id = resolve_user(s, &user, tenant.as_deref()).await?;
-            s.call(Method::POST, &format!("/users/{id}/sessions/revoke"), None)
-                .await?;
-            eprintln!("every session of user {id} has ended");
-            Ok(ExitCode::SUCCESS)
+            done(
+                s,
+                Method::POST,
+                &format!("/users/{id}/sessions/revoke"),
+                format!("every session of user {id} has ended"),
+            )
+            .await
         }
     }
 }
@@ -936,10 +957,13 @@ async fn device(s: &mut Session, c: DeviceCommand, g: &Global) -> anyhow::Result
         }
         DeviceCommand::Delete { device, tenant } => {
             let id = resolve_in(s, "device", "/devices", &device, tenant.as_deref()).await?;
-            s.call(Method::DELETE, &format!("/devices/{id}"), None)
-                .await?;
-            eprintln!("device {id} deleted");
-            Ok(ExitCode::SUCCESS)
+            done(
+                s,
+                Method::DELETE,
+                &format!("/devices/{id}"),
+                format!("device {id} deleted"),
+            )
+            .await
         }
         DeviceCommand::Key(DeviceKeyCommand::Create {
             device,
@@ -1071,10 +1095,13 @@ async fn channel(s: &mut Session, c: ChannelCommand, g: &Global) -> anyhow::Resu
         }
         ChannelCommand::Delete { channel, tenant } => {
             let id = resolve_in(s, "channel", "/channels", &channel, tenant.as_deref()).await?;
-            s.call(Method::DELETE, &format!("/channels/{id}"), None)
-                .await?;
-            eprintln!("channel {id} deleted");
-            Ok(ExitCode::SUCCESS)
+            done(
+                s,
+                Method::DELETE,
+                &format!("/channels/{id}"),
+                format!("channel {id} deleted"),
+            )
+            .await
         }
     }
 }
@@ -1129,10 +1156,13 @@ async fn apikey(s: &mut Session, c: ApiKeyCommand, g: &Global) -> anyhow::Result
             .await
         }
         ApiKeyCommand::Revoke { id } => {
-            s.call(Method::DELETE, &format!("/apikeys/{id}"), None)
-                .await?;
-            eprintln!("API key {id} revoked");
-            Ok(ExitCode::SUCCESS)
+            done(
+                s,
+                Method::DELETE,
+                &format!("/apikeys/{id}"),
+                format!("API key {id} revoked"),
+            )
+            .await
         }
     }
 }
