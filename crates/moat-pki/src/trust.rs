@@ -83,17 +83,24 @@ pub enum Refusal {
     TenantMismatch,
 }
 
-struct Anchored {
-    anchor: Anchor,
-    webpki: TrustAnchor<'static>,
-}
-
 #[derive(Default)]
 struct Inner {
-    anchors: Vec<Anchored>,
+    /// Parallel vectors: `webpki[i]` is `anchors[i]` as webpki takes it, so
+    /// a handshake passes the slice as it is, without copying per check.
+    anchors: Vec<Anchor>,
+    webpki: Vec<TrustAnchor<'static>>,
     certs: HashMap<[u8; 32], Known>,
     quarantined: HashSet<Uuid>,
     revoked: HashSet<Uuid>,
+}
+
+impl Inner {
+    fn remove_anchor(&mut self, ca_id: Uuid) {
+        if let Some(i) = self.anchors.iter().position(|a| a.ca_id == ca_id) {
+            self.anchors.remove(i);
+            self.webpki.remove(i);
+        }
+    }
 }
 
 /// The anchors and the index. Cheap to read concurrently; writes are rare.
@@ -135,13 +142,14 @@ impl TrustIndex {
             .map_err(|e| crate::PkiError::Pem(format!("not a usable CA certificate: {e:?}")))?
             .to_owned();
         let mut w = self.write();
-        w.anchors.retain(|a| a.anchor.ca_id != anchor.ca_id);
-        w.anchors.push(Anchored { anchor, webpki });
+        w.remove_anchor(anchor.ca_id);
+        w.anchors.push(anchor);
+        w.webpki.push(webpki);
         Ok(())
     }
 
     pub fn remove_anchor(&self, ca_id: Uuid) {
-        self.write().anchors.retain(|a| a.anchor.ca_id != ca_id);
+        self.write().remove_anchor(ca_id);
     }
 
     pub fn put_cert(&self, fingerprint: [u8; 32], known: Known) {
@@ -192,12 +200,10 @@ impl TrustIndex {
     ) -> Result<Verdict, rustls::Error> {
         let inner = self.read();
         let ee = webpki::EndEntityCert::try_from(end_entity).map_err(|e| cert_error(&e))?;
-        let anchors: Vec<TrustAnchor<'_>> =
-            inner.anchors.iter().map(|a| a.webpki.clone()).collect();
         let path = ee
             .verify_for_usage(
                 provider.signature_verification_algorithms.all,
-                &anchors,
+                &inner.webpki,
                 intermediates,
                 now,
                 webpki::KeyUsage::client_auth(),
@@ -206,15 +212,12 @@ impl TrustIndex {
             )
             .map_err(|e| cert_error(&e))?;
         let used = path.anchor();
-        let anchor = &inner
-            .anchors
+        let used = inner
+            .webpki
             .iter()
-            .find(|a| {
-                a.webpki.subject == used.subject
-                    && a.webpki.subject_public_key_info == used.subject_public_key_info
-            })
-            .expect("the anchor webpki chose is one of ours")
-            .anchor;
+            .position(|w| std::ptr::eq(w, used))
+            .expect("webpki returns one of the anchors it was given");
+        let anchor = &inner.anchors[used];
         let fingerprint = sha256(end_entity.as_ref());
         // `now` has whole seconds: a revocation counts from the start of its
         // second, never later than it was made.
