@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use moat_core::audit::{Outcome, now_millis};
 use moat_core::authz::{Action, Resource, ResourceKind, Subject};
-use moat_core::page::Page;
+use moat_core::page::{ListQuery, MAX_LIMIT, Page};
 use moat_core::store::Change;
 use moat_core::validate::Checker;
 use moat_core::{Role, TenantId, User, UserId};
@@ -160,6 +160,40 @@ async fn load(
     Ok(u)
 }
 
+fn is_enabled_admin(u: &User) -> bool {
+    u.role == Role::Admin && !u.disabled
+}
+
+/// Refuses to demote, disable or delete `admin`, an enabled admin, if no
+/// other enabled admin is left in its tenant.
+///
+/// Without this an admin API key, or an admin of a tenant above, could
+/// leave a tenant that no user of its own can manage. The check reads
+/// before the change commits, so two concurrent changes to two admins can
+/// still both pass it.
+async fn keep_an_admin(s: &AppState, admin: &User) -> Result<(), ApiError> {
+    // The store has no count of admins: page through the tenant's users
+    // until another enabled admin turns up.
+    let mut q = ListQuery::first(MAX_LIMIT);
+    loop {
+        let page = s.store.users(admin.tenant_id, &q).await?;
+        if page
+            .items
+            .iter()
+            .any(|u| u.id != admin.id && is_enabled_admin(u))
+        {
+            return Ok(());
+        }
+        match (&page.next_cursor, page.items.last()) {
+            (Some(_), Some(last)) => q.after = Some(last.id.0),
+            _ => break,
+        }
+    }
+    Err(ApiError::conflict(
+        "a tenant keeps at least one enabled admin",
+    ))
+}
+
 /// Reads a user.
 #[utoipa::path(get, path = "/users/{id}", tag = TAG_USERS, params(("id" = uuid::Uuid, Path)),
     responses((status = 200, body = User), (status = 404, body = Problem)))]
@@ -175,7 +209,8 @@ pub async fn get(
 
 /// Changes a user's display name, role, password or disabled flag.
 #[utoipa::path(patch, path = "/users/{id}", tag = TAG_USERS, params(("id" = uuid::Uuid, Path)), request_body = UserPatch,
-    responses((status = 200, body = User), (status = 403, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 200, body = User), (status = 403, body = Problem), (status = 404, body = Problem),
+        (status = 409, body = Problem), (status = 422, body = Problem)))]
 pub async fn update(
     State(s): State<Arc<AppState>>,
     caller: Caller,
@@ -201,6 +236,10 @@ pub async fn update(
         c.password("password", p);
     }
     c.finish()?;
+    let demoted = body.role.is_some_and(|r| r != Role::Admin);
+    if is_enabled_admin(&user) && (demoted || body.disabled == Some(true)) {
+        keep_an_admin(&s, &user).await?;
+    }
     let is_self = caller.principal.subject == Subject::User(id);
     let now = now_millis();
     let mut sign_out = false;
@@ -249,13 +288,16 @@ pub async fn update(
 
 /// Deletes a user.
 #[utoipa::path(delete, path = "/users/{id}", tag = TAG_USERS, params(("id" = uuid::Uuid, Path)),
-    responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem)))]
+    responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)))]
 pub async fn delete(
     State(s): State<Arc<AppState>>,
     caller: Caller,
     Path(id): Path<UserId>,
 ) -> Result<StatusCode, ApiError> {
     let u = load(&s, &caller, id, &[Action::Delete], "user.delete").await?;
+    if is_enabled_admin(&u) {
+        keep_an_admin(&s, &u).await?;
+    }
     let record = caller
         .record("user.delete", format!("user:{id}"), Outcome::Success)
         .tenant(u.tenant_id);
