@@ -15,6 +15,7 @@ pub mod domain;
 pub mod ids;
 pub mod page;
 pub mod pki;
+pub mod senml;
 pub mod sessions;
 pub mod store;
 pub mod throttle;
