@@ -11,6 +11,30 @@ use serde_json::{Value, json};
 use super::Global;
 use super::credentials::{self, Credentials};
 
+/// A request body and its content type.
+pub(crate) struct Body {
+    content_type: &'static str,
+    bytes: Vec<u8>,
+}
+
+impl Body {
+    pub(crate) fn json(v: &Value) -> Self {
+        Self::raw("application/json", v.to_string().into_bytes())
+    }
+
+    pub(crate) fn raw(content_type: &'static str, bytes: Vec<u8>) -> Self {
+        Self {
+            content_type,
+            bytes,
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
 pub(crate) struct Session {
     http: reqwest::Client,
     url: String,
@@ -81,14 +105,16 @@ impl Session {
         &self,
         method: &Method,
         path: &str,
-        body: Option<&Value>,
+        body: Option<&Body>,
     ) -> anyhow::Result<(StatusCode, Value)> {
         let mut req = self
             .http
             .request(method.clone(), format!("{}/api/v1{path}", self.url))
             .header("authorization", self.header());
         if let Some(b) = body {
-            req = req.json(b);
+            req = req
+                .header("content-type", b.content_type)
+                .body(b.bytes.clone());
         }
         let res = req
             .send()
@@ -104,6 +130,19 @@ impl Session {
         path: &str,
         body: Option<Value>,
     ) -> anyhow::Result<Value> {
+        let body = body.map(|v| Body::json(&v));
+        let (status, value) = self.request(method, path, body).await?;
+        check(status, value)
+    }
+
+    /// Like [`Session::call`], but any body and content type, and the status
+    /// and answer as they came, for callers that read a problem's details.
+    pub(crate) async fn request(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<Body>,
+    ) -> anyhow::Result<(StatusCode, Value)> {
         let (status, value) = self.send(&method, path, body.as_ref()).await?;
         if status == StatusCode::UNAUTHORIZED {
             if let Auth::Saved { path: file, creds } = &mut self.auth {
@@ -120,11 +159,26 @@ impl Session {
                 creds.access_token = string(&v, "access_token")?;
                 creds.refresh_token = string(&v, "refresh_token")?;
                 credentials::save(file, creds)?;
-                let (status, value) = self.send(&method, path, body.as_ref()).await?;
-                return check(status, value);
+                return self.send(&method, path, body.as_ref()).await;
             }
         }
-        check(status, value)
+        Ok((status, value))
+    }
+
+    /// Fetches a public document (the CA certificate, a CRL) as bytes: no
+    /// credentials are sent, and none are needed.
+    pub(crate) async fn public_bytes(&self, path: &str) -> anyhow::Result<Vec<u8>> {
+        let res = self
+            .http
+            .get(format!("{}/api/v1{path}", self.url))
+            .send()
+            .await
+            .with_context(|| format!("reaching {}", self.url))?;
+        if res.status().is_success() {
+            return Ok(res.bytes().await?.to_vec());
+        }
+        let (status, v) = read(res).await?;
+        Err(anyhow::anyhow!(problem(status, &v)))
     }
 
     pub(crate) async fn get(&mut self, path: &str) -> anyhow::Result<Value> {

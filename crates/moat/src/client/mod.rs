@@ -3,11 +3,16 @@
 //! `moat login` saves tokens (see [`credentials`]); every other command
 //! reuses them, or an API key from `--api-key` / `MOAT_API_KEY`. Wherever a
 //! command takes a tenant, user, device or channel, a name works as well as
-//! an id.
+//! an id. Device identity (certificates, CAs, bulk import, claim codes) has
+//! its own modules: [`certificates`], [`pki`], [`import`], [`claims`].
 
+mod certificates;
+mod claims;
 mod credentials;
 mod http;
+mod import;
 mod output;
+mod pki;
 mod resources;
 
 use std::io::{BufRead, IsTerminal};
@@ -56,7 +61,7 @@ pub(crate) enum Command {
     /// Manages users.
     #[command(subcommand)]
     User(UserCommand),
-    /// Manages devices and their keys.
+    /// Manages devices, their keys and certificates; imports and claims them.
     #[command(subcommand)]
     Device(DeviceCommand),
     /// Manages channels.
@@ -71,6 +76,12 @@ pub(crate) enum Command {
     /// Manages API keys.
     #[command(subcommand)]
     Apikey(ApiKeyCommand),
+    /// Certificate authorities, CRLs and what is due for renewal.
+    #[command(subcommand)]
+    Pki(pki::PkiCommand),
+    /// Makes and lists claim codes (devices waiting for their owner).
+    #[command(subcommand)]
+    ClaimCode(claims::ClaimCodeCommand),
 }
 
 #[derive(clap::Args, Debug)]
@@ -93,6 +104,8 @@ pub(crate) async fn run(cmd: Command, g: Global) -> anyhow::Result<ExitCode> {
             output::print(&v, output::Kind::User, g.output);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Pki(c) => pki::run(c, &g).await,
+        Command::ClaimCode(c) => claims::run(c, &g).await,
         other => resources::run(other, &g).await,
     }
 }

@@ -20,6 +20,13 @@ pub(crate) enum Kind {
     Connection,
     ApiKey,
     Audit,
+    Certificate,
+    Authority,
+    /// `moat pki expiring`'s rows, made by the command.
+    Expiring,
+    ClaimCode,
+    /// New claim codes' rows, made by the command.
+    NewClaimCode,
 }
 
 impl Kind {
@@ -62,6 +69,27 @@ impl Kind {
             Kind::Audit => &[
                 "seq", "time", "actor", "action", "target", "outcome", "source",
             ],
+            Kind::Certificate => &[
+                "id",
+                "serial",
+                "key_algorithm",
+                "origin",
+                "not_after",
+                "revoked_at",
+                "revocation_reason",
+            ],
+            Kind::Authority => &["id", "kind", "subject", "jit", "not_after", "tenant_id"],
+            Kind::Expiring => &["kind", "device", "id", "not_after"],
+            Kind::ClaimCode => &[
+                "id",
+                "device_id",
+                "tenant_id",
+                "expires_at",
+                "claimed_at",
+                "claimed_by",
+                "used_at",
+            ],
+            Kind::NewClaimCode => &["code", "device", "expires_at"],
         }
     }
 }

@@ -7,8 +7,10 @@ use anyhow::{Context, bail};
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 
+use super::certificates::DeviceCertCommand;
+use super::import::ImportArgs;
 use super::output::{self, Kind};
-use super::{Command, Global, http::Session, read_password, show};
+use super::{Command, Global, certificates, claims, http::Session, import, read_password, show};
 
 /// The most rows `--all` fetches, so that a mistyped filter cannot run away.
 const ALL_LIMIT: usize = 100_000;
@@ -256,6 +258,29 @@ pub(crate) enum DeviceCommand {
     /// Manages a device's keys (for devices without a certificate).
     #[command(subcommand)]
     Key(DeviceKeyCommand),
+    /// Manages a device's certificates.
+    #[command(subcommand)]
+    Cert(DeviceCertCommand),
+    /// Imports devices from a CSV or JSON file, in batches.
+    ///
+    /// Every batch is checked first: if any row is wrong, each error is
+    /// printed with its row number in the file (counting from 1, a CSV's
+    /// header not counted) and nothing is imported. Then the batches are
+    /// imported one by one. Each batch is stored all or nothing, and
+    /// running the same import again is safe: rows already imported answer
+    /// `unchanged` (a CSR row gets its certificate back), so an import cut
+    /// short is finished by running it again.
+    Import(ImportArgs),
+    /// Claims a device with the code that came with it: the device moves
+    /// into your tenant (or --tenant).
+    Claim {
+        code: String,
+        /// A new name for the device.
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -268,6 +293,10 @@ pub(crate) enum DeviceKeyCommand {
         /// Days until it expires [default: never].
         #[arg(long)]
         expires_in_days: Option<u32>,
+        /// A key of this device that the new one rotates: it keeps working
+        /// for the rotation overlap, then expires.
+        #[arg(long, value_name = "KEY_ID")]
+        replaces: Option<uuid::Uuid>,
     },
     /// Lists a device's keys (never the secrets).
     List {
@@ -461,7 +490,7 @@ pub(crate) struct AuditListArgs {
 }
 
 /// A path with a query built from the pairs that are set.
-fn with_query(path: &str, pairs: &[(&str, Option<String>)]) -> String {
+pub(super) fn with_query(path: &str, pairs: &[(&str, Option<String>)]) -> String {
     let mut url = reqwest::Url::parse("http://x").expect("a constant URL parses");
     {
         let mut q = url.query_pairs_mut();
@@ -478,7 +507,7 @@ fn with_query(path: &str, pairs: &[(&str, Option<String>)]) -> String {
 }
 
 /// Lists one page, or every page with `--all`, and prints it.
-async fn list(
+pub(super) async fn list(
     s: &mut Session,
     path: &str,
     mut pairs: Vec<(&str, Option<String>)>,
@@ -561,7 +590,10 @@ async fn resolve(
     }
 }
 
-async fn tenant_id(s: &mut Session, tenant: Option<&str>) -> anyhow::Result<Option<String>> {
+pub(super) async fn tenant_id(
+    s: &mut Session,
+    tenant: Option<&str>,
+) -> anyhow::Result<Option<String>> {
     match tenant {
         Some(t) => Ok(Some(
             resolve(s, "tenant", "/tenants", "name", t, None).await?,
@@ -570,7 +602,7 @@ async fn tenant_id(s: &mut Session, tenant: Option<&str>) -> anyhow::Result<Opti
     }
 }
 
-fn object(pairs: Vec<(&str, Option<Value>)>) -> Map<String, Value> {
+pub(super) fn object(pairs: Vec<(&str, Option<Value>)>) -> Map<String, Value> {
     pairs
         .into_iter()
         .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v)))
@@ -578,7 +610,7 @@ fn object(pairs: Vec<(&str, Option<Value>)>) -> Map<String, Value> {
 }
 
 /// Calls an endpoint that answers nothing, and says what was done.
-async fn done(
+pub(super) async fn done(
     s: &mut Session,
     method: Method,
     path: &str,
@@ -661,7 +693,11 @@ pub(crate) async fn run(cmd: Command, g: &Global) -> anyhow::Result<ExitCode> {
             };
             list(s, &path, vec![], a.paging, Kind::Connection, g).await
         }
-        Command::Login(_) | Command::Logout | Command::Whoami => {
+        Command::Login(_)
+        | Command::Logout
+        | Command::Whoami
+        | Command::Pki(_)
+        | Command::ClaimCode(_) => {
             unreachable!("handled by the caller")
         }
     }
@@ -867,7 +903,7 @@ async fn resolve_user(s: &mut Session, user: &str, tenant: Option<&str>) -> anyh
     resolve(s, "user", "/users", "username", user, t.as_deref()).await
 }
 
-async fn resolve_in(
+pub(super) async fn resolve_in(
     s: &mut Session,
     what: &str,
     path: &str,
@@ -969,12 +1005,13 @@ async fn device(s: &mut Session, c: DeviceCommand, g: &Global) -> anyhow::Result
             device,
             tenant,
             expires_in_days,
+            replaces,
         }) => {
             let id = resolve_in(s, "device", "/devices", &device, tenant.as_deref()).await?;
-            let body = Value::Object(object(vec![(
-                "expires_in_days",
-                expires_in_days.map(Value::from),
-            )]));
+            let body = Value::Object(object(vec![
+                ("expires_in_days", expires_in_days.map(Value::from)),
+                ("replaces", replaces.map(|r| json!(r))),
+            ]));
             let v = s
                 .call(Method::POST, &format!("/devices/{id}/keys"), Some(body))
                 .await?;
@@ -1007,6 +1044,11 @@ async fn device(s: &mut Session, c: DeviceCommand, g: &Global) -> anyhow::Result
             .await?;
             eprintln!("device key {key_id} revoked");
             Ok(ExitCode::SUCCESS)
+        }
+        DeviceCommand::Cert(c) => certificates::run(s, c, g).await,
+        DeviceCommand::Import(a) => import::run(s, a, g).await,
+        DeviceCommand::Claim { code, name, tenant } => {
+            claims::claim(s, code, name, tenant, g).await
         }
     }
 }
