@@ -160,3 +160,101 @@ pub struct ClaimCode {
     #[schema(ignore)]
     pub code_hash: String,
 }
+
+/// Claim codes: 12 characters of Crockford's base32 (60 random bits),
+/// printed `XXXX-XXXX-XXXX`. Readers forgive case, dashes, spaces, and the
+/// look-alikes Crockford maps (`I`, `L` → `1`, `O` → `0`).
+pub mod claim {
+    use hmac::{Hmac, Mac};
+    use rand::RngCore;
+    use sha2::Sha256;
+
+    const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    const LEN: usize = 12;
+
+    /// A fresh code, formatted for printing.
+    pub fn generate() -> String {
+        let mut bytes = [0u8; 8];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        let mut bits = u64::from_le_bytes(bytes);
+        let mut out = String::with_capacity(LEN + 2);
+        for i in 0..LEN {
+            if i > 0 && i % 4 == 0 {
+                out.push('-');
+            }
+            out.push(char::from(ALPHABET[(bits & 31) as usize]));
+            bits >>= 5;
+        }
+        out
+    }
+
+    /// The canonical form of a code someone typed, or `None` if it cannot be
+    /// one.
+    pub fn normalize(input: &str) -> Option<String> {
+        let mut out = String::with_capacity(LEN);
+        for c in input.chars() {
+            let c = match c.to_ascii_uppercase() {
+                '-' | ' ' => continue,
+                'I' | 'L' => '1',
+                'O' => '0',
+                c if c.is_ascii() && ALPHABET.contains(&(c as u8)) => c,
+                _ => return None,
+            };
+            if out.len() == LEN {
+                return None;
+            }
+            out.push(c);
+        }
+        (out.len() == LEN).then_some(out)
+    }
+
+    /// A 32-byte subkey of `key` for `label` (HMAC-SHA256, as HKDF-Expand's
+    /// first block).
+    pub fn derive_key(key: &[u8; 32], label: &str) -> [u8; 32] {
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(key).expect("hmac takes any key length");
+        mac.update(label.as_bytes());
+        mac.update(&[1]);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// What the store keeps of a normalized code: a keyed hash, so a copy of
+    /// the database does not let anyone try codes offline.
+    pub fn hash(key: &[u8; 32], normalized: &str) -> String {
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(key).expect("hmac takes any key length");
+        mac.update(normalized.as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn generated_codes_read_back_in_any_typing() {
+            for _ in 0..100 {
+                let code = generate();
+                assert_eq!(code.len(), 14);
+                let n = normalize(&code).unwrap();
+                assert_eq!(normalize(&code.to_lowercase()), Some(n.clone()));
+                assert_eq!(normalize(&code.replace('-', " ")), Some(n));
+            }
+        }
+
+        #[test]
+        fn look_alikes_map_and_junk_is_refused() {
+            assert_eq!(normalize("oiL0-0000-0000").as_deref(), Some("011000000000"));
+            assert_eq!(normalize("0000-0000-000"), None);
+            assert_eq!(normalize("0000-0000-00000"), None);
+            assert_eq!(normalize("0000-0000-000U"), None);
+            assert_eq!(normalize("0000-0000-000é"), None);
+        }
+
+        #[test]
+        fn the_hash_depends_on_the_key() {
+            assert_ne!(hash(&[1; 32], "A"), hash(&[2; 32], "A"));
+            assert_eq!(hash(&[1; 32], "A"), hash(&[1; 32], "A"));
+        }
+    }
+}

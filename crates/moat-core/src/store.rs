@@ -222,6 +222,14 @@ pub trait Store: Send + Sync + 'static {
         q: &ListQuery,
     ) -> Result<Page<Device>, StoreError>;
 
+    /// The devices of `tenant` with one of `names` (exact names; a bulk
+    /// import finds what a previous run created).
+    async fn devices_named(
+        &self,
+        tenant: TenantId,
+        names: &[String],
+    ) -> Result<Vec<Device>, StoreError>;
+
     async fn channel(&self, id: ChannelId) -> Result<Option<Channel>, StoreError>;
     async fn channels(&self, tenant: TenantId, q: &ListQuery) -> Result<Page<Channel>, StoreError>;
 
@@ -290,6 +298,22 @@ pub trait Store: Send + Sync + 'static {
         tenant: TenantId,
     ) -> Result<Option<(String, DateTime<Utc>)>, StoreError>;
     async fn claim_code_by_hash(&self, hash: &str) -> Result<Option<ClaimCode>, StoreError>;
+    /// The claim codes issued in `tenant` (where their devices wait), oldest
+    /// first; `name` and `tag` are ignored.
+    async fn claim_codes(
+        &self,
+        tenant: TenantId,
+        q: &ListQuery,
+    ) -> Result<Page<ClaimCode>, StoreError>;
+    /// Device keys in `tenant`'s subtree, not revoked, that expire in
+    /// `[now, before)`, soonest first, at most `limit`.
+    async fn expiring_device_keys(
+        &self,
+        tenant: &TenantPath,
+        now: DateTime<Utc>,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<DeviceKey>, StoreError>;
 
     async fn secret(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
 }

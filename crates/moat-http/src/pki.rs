@@ -73,6 +73,8 @@ pub struct Pki {
     store: Arc<dyn Store>,
     sessions: Arc<SessionRegistry>,
     wrap_key: [u8; 32],
+    /// Keys the hashes of claim codes.
+    claim_key: [u8; 32],
     root: Ca,
     /// Tenant CAs with their keys, by CA id, unwrapped on first use.
     signers: RwLock<HashMap<AuthorityId, Arc<Ca>>>,
@@ -145,10 +147,14 @@ impl Pki {
         };
         let (chain, key) =
             Self::load_or_issue_server_cert(&*store, &root, &wrap_key, &settings, false).await?;
+        // A subkey for claim codes: HMAC of a label under the wrapping key,
+        // so neither key can stand in for the other.
+        let claim_key = moat_core::pki::claim::derive_key(&wrap_key, "moat/v1/claim-codes");
         let pki = Arc::new(Self {
             store,
             sessions,
             wrap_key,
+            claim_key,
             root,
             signers: RwLock::new(HashMap::new()),
             creating: tokio::sync::Mutex::new(()),
@@ -158,6 +164,11 @@ impl Pki {
         });
         pki.reload_index().await?;
         Ok(pki)
+    }
+
+    /// What the store keeps of a (normalized) claim code.
+    pub fn claim_code_hash(&self, normalized: &str) -> String {
+        moat_core::pki::claim::hash(&self.claim_key, normalized)
     }
 
     pub fn root_pem(&self) -> &str {
@@ -194,6 +205,39 @@ impl Pki {
             jit: jit(a.jit, a.kind),
         })?;
         Ok(())
+    }
+
+    /// Checks a device certificate brought in from outside (a factory's):
+    /// `chain_pem` holds it, then any intermediates. It must chain to one of
+    /// `tenant`'s CAs, be valid now, allow client authentication and not be a
+    /// CA. Returns its facts and the CA; the error says why not, for the user.
+    pub fn check_imported(
+        &self,
+        chain_pem: &str,
+        tenant: TenantId,
+    ) -> Result<(CertInfo, AuthorityId), String> {
+        let certs = moat_pki::tls::certs_from_pem(chain_pem).map_err(|e| e.to_string())?;
+        let info = inspect::cert_info_der(certs[0].as_ref()).map_err(|e| e.to_string())?;
+        if info.is_ca {
+            return Err("a CA certificate, not a device's".into());
+        }
+        let provider = moat_pki::tls::provider();
+        let (ca, owner) = self
+            .index
+            .chain_anchor(
+                &certs[0],
+                &certs[1..],
+                rustls_pki_types::UnixTime::now(),
+                &provider,
+            )
+            .map_err(|e| {
+                moat_pki::trust::refusal_reason(&e)
+                    .map_or_else(|| format!("refused: {e}"), |r| format!("refused: {r}"))
+            })?;
+        if owner != tenant.0 {
+            return Err("it does not chain to a CA of this tenant".into());
+        }
+        Ok((info, AuthorityId(ca)))
     }
 
     pub fn index_cert(&self, c: &Certificate) {

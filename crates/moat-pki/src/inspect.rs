@@ -28,6 +28,9 @@ pub struct CertInfo {
     pub is_ca: bool,
     /// `ecdsa-p256`, `ed25519`, `rsa-2048`, …
     pub key_algorithm: String,
+    /// SHA-256 of the SubjectPublicKeyInfo, hex: the same key in a CSR and
+    /// in the certificate made from it hash alike.
+    pub public_key_sha256: String,
     pub der: Vec<u8>,
 }
 
@@ -78,6 +81,7 @@ pub fn cert_info_der(der: &[u8]) -> Result<CertInfo, PkiError> {
         device_uri,
         is_ca: c.is_ca(),
         key_algorithm,
+        public_key_sha256: sha256_hex(c.public_key().raw),
         der: der.to_vec(),
     })
 }

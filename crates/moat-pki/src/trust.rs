@@ -189,6 +189,22 @@ impl TrustIndex {
         self.len() == 0
     }
 
+    /// Checks a certificate chain at `now` against the anchors alone
+    /// (signatures, validity, client-auth usage), not the index: for
+    /// certificates brought to Moat before any device presents them
+    /// (factory import). Returns the CA it chains to.
+    pub fn chain_anchor(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        provider: &CryptoProvider,
+    ) -> Result<(Uuid, Uuid), rustls::Error> {
+        let inner = self.read();
+        let anchor = verify_chain(&inner, end_entity, intermediates, now, provider)?;
+        Ok((anchor.ca_id, anchor.tenant_id))
+    }
+
     /// Checks a client's certificate chain at `now`: signature chain, validity
     /// and client-auth usage against the tenants' CAs, then the index.
     pub fn check(
@@ -199,25 +215,7 @@ impl TrustIndex {
         provider: &CryptoProvider,
     ) -> Result<Verdict, rustls::Error> {
         let inner = self.read();
-        let ee = webpki::EndEntityCert::try_from(end_entity).map_err(|e| cert_error(&e))?;
-        let path = ee
-            .verify_for_usage(
-                provider.signature_verification_algorithms.all,
-                &inner.webpki,
-                intermediates,
-                now,
-                webpki::KeyUsage::client_auth(),
-                None,
-                None,
-            )
-            .map_err(|e| cert_error(&e))?;
-        let used = path.anchor();
-        let used = inner
-            .webpki
-            .iter()
-            .position(|w| std::ptr::eq(w, used))
-            .expect("webpki returns one of the anchors it was given");
-        let anchor = &inner.anchors[used];
+        let anchor = verify_chain(&inner, end_entity, intermediates, now, provider)?;
         let fingerprint = sha256(end_entity.as_ref());
         // `now` has whole seconds: a revocation counts from the start of its
         // second, never later than it was made.
@@ -253,6 +251,35 @@ impl TrustIndex {
             },
         }
     }
+}
+
+/// The anchor `end_entity` chains to, checked by webpki.
+fn verify_chain<'a>(
+    inner: &'a Inner,
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    now: UnixTime,
+    provider: &CryptoProvider,
+) -> Result<&'a Anchor, rustls::Error> {
+    let ee = webpki::EndEntityCert::try_from(end_entity).map_err(|e| cert_error(&e))?;
+    let path = ee
+        .verify_for_usage(
+            provider.signature_verification_algorithms.all,
+            &inner.webpki,
+            intermediates,
+            now,
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
+        )
+        .map_err(|e| cert_error(&e))?;
+    let used = path.anchor();
+    let used = inner
+        .webpki
+        .iter()
+        .position(|w| std::ptr::eq(w, used))
+        .expect("webpki returns one of the anchors it was given");
+    Ok(&inner.anchors[used])
 }
 
 fn other(r: Refusal) -> rustls::Error {

@@ -9,6 +9,7 @@ use crate::backend;
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_init.sql"),
     include_str!("../migrations/0002_pki.sql"),
+    include_str!("../migrations/0003_provisioning.sql"),
 ];
 
 pub(crate) fn run(conn: &mut Connection) -> Result<(), StoreError> {

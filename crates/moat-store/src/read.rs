@@ -214,6 +214,24 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn devices_named(
+        &self,
+        tenant: TenantId,
+        names: &[String],
+    ) -> Result<Vec<Device>, StoreError> {
+        let names = serde_json::to_string(names).map_err(|e| StoreError::Backend(e.to_string()))?;
+        self.read(move |c| {
+            let mut q = Query::new("devices", "id").eq("tenant_id", tenant.to_string());
+            q.args.push(names.into());
+            q.conds.push(format!(
+                "name IN (SELECT value FROM json_each(?{}))",
+                q.args.len()
+            ));
+            q.rows(c, None, rows::device)
+        })
+        .await
+    }
+
     async fn channel(&self, id: ChannelId) -> Result<Option<Channel>, StoreError> {
         self.read(by_id("channels", id.0, rows::channel)).await
     }
@@ -320,12 +338,18 @@ impl Store for SqliteStore {
                 }
             }
             if let Some(action) = &f.action {
-                if action.ends_with('.') {
-                    q.args.push(Value::Integer(action.len() as i64));
+                if let Some(stem) = action.strip_suffix('.') {
+                    // Text compares bytewise (BINARY collation), so the
+                    // actions starting with `stem.` are exactly those from
+                    // `stem.` up to, not including, `stem/` ('/' follows
+                    // '.'). A range, unlike substr (which counts
+                    // characters, not bytes), holds for any UTF-8 and can
+                    // use an index on `action`.
                     q.args.push(action.clone().into());
+                    q.args.push(format!("{stem}/").into());
                     let n = q.args.len();
                     q.conds
-                        .push(format!("substr(action, 1, ?{}) = ?{n}", n - 1));
+                        .push(format!("action >= ?{} AND action < ?{n}", n - 1));
                 } else {
                     q = q.eq("action", action.clone());
                 }
@@ -533,6 +557,49 @@ impl Store for SqliteStore {
             Query::new("claim_codes", "id")
                 .eq("code_hash", h)
                 .one(c, rows::claim_code)
+        })
+        .await
+    }
+
+    async fn claim_codes(
+        &self,
+        tenant: TenantId,
+        q: &ListQuery,
+    ) -> Result<Page<ClaimCode>, StoreError> {
+        let q = ListQuery {
+            name: None,
+            tag: None,
+            ..q.clone()
+        };
+        self.read(move |c| {
+            Query::new("claim_codes", "id")
+                .eq("tenant_id", tenant.to_string())
+                .list(&q, &[], false)
+                .page(c, &q, rows::claim_code, |x| x.id.0)
+        })
+        .await
+    }
+
+    async fn expiring_device_keys(
+        &self,
+        tenant: &TenantPath,
+        now: DateTime<Utc>,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<DeviceKey>, StoreError> {
+        let prefix = tenant.encode();
+        self.read(move |c| {
+            let mut q = Query::new("device_keys", "expires_at, id");
+            q.args.push(Value::Integer(prefix.len() as i64));
+            q.args.push(prefix.into());
+            q.args.push(ms(now).into());
+            q.args.push(ms(before).into());
+            q.conds.push(
+                "tenant_id IN (SELECT id FROM tenants WHERE substr(path, 1, ?1) = ?2)".into(),
+            );
+            q.conds
+                .push("expires_at >= ?3 AND expires_at < ?4 AND revoked_at IS NULL".into());
+            q.rows(c, Some(u64::from(limit)), rows::device_key)
         })
         .await
     }

@@ -494,3 +494,170 @@ async fn a_newer_schema_is_refused() {
     let r = SqliteStore::open(&dir.path().join("moat.db"), &KEY, AuditChain::new([9; 32]));
     assert!(matches!(r, Err(StoreError::SchemaTooNew { found: 99, .. })));
 }
+
+#[tokio::test]
+async fn an_action_prefix_filter_holds_for_non_ascii_actions() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    for action in [
+        "clé.créée",
+        "clé.révoquée",
+        "clé",
+        "clé/x",
+        "cléf.créée",
+        "appareil.créé",
+        "appareil",
+    ] {
+        s.append_audit(record(action, None)).await.unwrap();
+    }
+    let check = |prefix: &'static str, expected: &'static [&'static str]| {
+        let s = &s;
+        async move {
+            let found = s
+                .audit_events(&AuditFilter {
+                    action: Some(prefix.into()),
+                    limit: 100,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            let mut found: Vec<String> = found.into_iter().map(|e| e.record.action).collect();
+            found.sort();
+            assert_eq!(found, expected, "action={prefix}");
+        }
+    };
+    check("clé.", &["clé.créée", "clé.révoquée"]).await;
+    check("appareil.", &["appareil.créé"]).await;
+    check("cl.", &[]).await;
+    check("clé.créée", &["clé.créée"]).await;
+}
+
+#[tokio::test]
+async fn claiming_moves_a_device_and_spends_its_code_once() {
+    use moat_core::credential::DeviceKey;
+    use moat_core::pki::ClaimCode;
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let pool = tenant("pool", None);
+    let customer = tenant("customer", None);
+    let d = device(&pool, "kit-1", &[]);
+    let other = device(&customer, "kit-1", &[]);
+    let now = now_millis();
+    let code = ClaimCode {
+        id: ClaimCodeId::new(),
+        tenant_id: pool.id,
+        device_id: d.id,
+        created_at: now,
+        expires_at: now + chrono::Duration::days(30),
+        claimed_at: None,
+        claimed_by: None,
+        used_at: None,
+        code_hash: "h1".into(),
+    };
+    let key = DeviceKey {
+        id: DeviceKeyId::new(),
+        tenant_id: pool.id,
+        device_id: d.id,
+        created_at: now,
+        expires_at: Some(now + chrono::Duration::days(3)),
+        revoked_at: None,
+        secret_hash: "k".into(),
+    };
+    s.apply(
+        vec![
+            Change::InsertTenant(pool.clone()),
+            Change::InsertTenant(customer.clone()),
+            Change::InsertDevice(d.clone()),
+            Change::InsertDeviceKey(key.clone()),
+            Change::InsertClaimCode(code.clone()),
+        ],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.claim_code_by_hash("h1").await.unwrap(),
+        Some(code.clone())
+    );
+    let listed = s.claim_codes(pool.id, &ListQuery::first(10)).await.unwrap();
+    assert_eq!(listed.items, vec![code.clone()]);
+    assert!(
+        s.claim_codes(customer.id, &ListQuery::first(10))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    // Keys due within a week in the pool's subtree, none in the customer's.
+    let week = now + chrono::Duration::days(7);
+    let due = s
+        .expiring_device_keys(&pool.path, now, week, 10)
+        .await
+        .unwrap();
+    assert_eq!(due, vec![key.clone()]);
+
+    // A name taken in the target tenant stops the move, and nothing of it
+    // happens.
+    s.apply(vec![Change::InsertDevice(other.clone())], None)
+        .await
+        .unwrap();
+    let claim = |by: &str| Change::ClaimWithCode {
+        id: code.id,
+        by: by.into(),
+        at: now,
+    };
+    let moved = Change::MoveDevice {
+        id: d.id,
+        tenant_id: customer.id,
+        state: DeviceState::Active,
+        at: now,
+    };
+    let err = s
+        .apply(vec![claim("user:a"), moved.clone()], None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert_eq!(
+        s.claim_code_by_hash("h1")
+            .await
+            .unwrap()
+            .unwrap()
+            .claimed_at,
+        None
+    );
+    s.apply(vec![Change::DeleteDevice(other.id)], None)
+        .await
+        .unwrap();
+    s.apply(vec![claim("user:a"), moved], None).await.unwrap();
+    let got = s.device(d.id).await.unwrap().unwrap();
+    assert_eq!(
+        (got.tenant_id, got.state),
+        (customer.id, DeviceState::Active)
+    );
+    assert_eq!(
+        s.device_key(key.id).await.unwrap().unwrap().tenant_id,
+        customer.id,
+        "the device's keys move with it"
+    );
+    assert_eq!(
+        s.devices_named(customer.id, &["kit-1".into(), "none".into()])
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    // Claimed once, spent once.
+    assert!(matches!(
+        s.apply(vec![claim("user:b")], None).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let spend = Change::UseClaimCode {
+        id: code.id,
+        at: now,
+    };
+    s.apply(vec![spend.clone()], None).await.unwrap();
+    assert!(matches!(
+        s.apply(vec![spend], None).await,
+        Err(StoreError::Conflict(_))
+    ));
+}

@@ -16,6 +16,9 @@ struct Tenant {
     channel: String,
     api_key: String,
     device_key: String,
+    certificate: String,
+    ca: String,
+    claim_code: String,
     child: String,
 }
 
@@ -46,10 +49,28 @@ async fn tenant(server: &Server, root: &Api, name: &str) -> Tenant {
         .as_str()
         .unwrap()
         .to_owned();
+    let certificate = admin
+        .post(&format!("/devices/{device}/certificates"), json!({}))
+        .await
+        .body["certificate"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ca = admin.get("/pki/cas").await.body[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let claim_code = admin.post("/claim-codes", json!({})).await.body["codes"][0]["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let child = admin
         .create("/tenants", json!({"name": format!("{name}-child")}))
         .await;
     Tenant {
+        certificate,
+        ca,
+        claim_code,
         id,
         admin,
         user,
@@ -189,6 +210,70 @@ async fn another_tenants_ids_are_not_found_on_every_endpoint() {
             Some(json!({"name": "x", "role": "admin", "tenant_id": b.id})),
         ),
         (Method::GET, format!("/audit?tenant_id={}", b.id), None),
+        (
+            Method::POST,
+            format!("/devices/{}/certificates", b.device),
+            Some(json!({})),
+        ),
+        (
+            Method::GET,
+            format!("/devices/{}/certificates", b.device),
+            None,
+        ),
+        (
+            Method::POST,
+            format!(
+                "/devices/{}/certificates/{}/revoke",
+                b.device, b.certificate
+            ),
+            Some(json!({})),
+        ),
+        (
+            Method::POST,
+            format!(
+                "/devices/{}/certificates/{}/revoke",
+                a.device, b.certificate
+            ),
+            Some(json!({})),
+        ),
+        (Method::GET, format!("/pki/cas?tenant_id={}", b.id), None),
+        (Method::GET, format!("/pki/cas/{}", b.ca), None),
+        (
+            Method::PATCH,
+            format!("/pki/cas/{}", b.ca),
+            Some(json!({"jit": "activate"})),
+        ),
+        (Method::DELETE, format!("/pki/cas/{}", b.ca), None),
+        (
+            Method::POST,
+            "/pki/cas/registration-code".into(),
+            Some(json!({"tenant_id": b.id})),
+        ),
+        (
+            Method::GET,
+            format!("/pki/expiring?days=3650&tenant_id={}", b.id),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/devices/import?tenant_id={}", b.id),
+            Some(json!({"devices": [{"name": "x"}]})),
+        ),
+        (
+            Method::POST,
+            "/claim-codes".into(),
+            Some(json!({"tenant_id": b.id})),
+        ),
+        (
+            Method::GET,
+            format!("/claim-codes?tenant_id={}", b.id),
+            None,
+        ),
+        (
+            Method::POST,
+            "/claims".into(),
+            Some(json!({"code": a.claim_code, "tenant_id": b.id})),
+        ),
     ];
     for (method, path, body) in calls {
         let r = a.admin.send(method.clone(), &path, body).await;
@@ -203,6 +288,21 @@ async fn another_tenants_ids_are_not_found_on_every_endpoint() {
         );
     }
     assert_eq!(snapshot(&b).await, before, "nothing of bravo changed");
+
+    // Another tenant's key is not "replaced" by a key of one's own device.
+    let r = a
+        .admin
+        .post(
+            &format!("/devices/{}/keys", a.device),
+            json!({"replaces": b.device_key}),
+        )
+        .await;
+    assert_eq!(r.status, 422, "{r:?}");
+    // Bravo's code claims into alpha only with alpha's own rights, and then
+    // the device is alpha's: the code, not the tenant, was the secret.
+    let r = a.admin.post("/claims", json!({"code": b.claim_code})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["tenant_id"], a.id);
 
     // The parent reaches into both children; a child admin reaches its own child.
     assert_eq!(
@@ -237,6 +337,10 @@ async fn snapshot(t: &Tenant) -> Vec<Value> {
         format!("/users/{}", t.user),
         format!("/devices/{}", t.device),
         format!("/devices/{}/keys", t.device),
+        format!("/devices/{}/certificates", t.device),
+        format!("/pki/cas/{}", t.ca),
+        "/pki/cas".to_owned(),
+        "/claim-codes".to_owned(),
         format!("/channels/{}", t.channel),
         format!("/channels/{}/connections", t.channel),
         format!("/apikeys/{}", t.api_key),

@@ -1,20 +1,26 @@
-//! README's curl quickstart, run as written against a real server: the docs
-//! a newcomer follows must work.
+//! README's curl quickstart and device-certificate section, run as written
+//! against a real server: the docs a newcomer follows must work.
 
 mod common;
 
 use common::{ADMIN_PASSWORD, Server};
 
-/// The first ```sh block after the "### 3. With curl" heading.
-fn curl_quickstart() -> String {
+/// The first ```sh block after `heading`.
+fn sh_block(heading: &str) -> String {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
     let section = readme
-        .split("### 3. With curl")
+        .split(heading)
         .nth(1)
-        .expect("README has a curl quickstart");
+        .unwrap_or_else(|| panic!("README has {heading}"));
     let block = section.split("```sh\n").nth(1).unwrap();
     block.split("```").next().unwrap().to_owned()
+}
+
+/// The curl quickstart and the device certificate section, which continues
+/// its shell session.
+fn curl_quickstart() -> String {
+    sh_block("### 3. With curl") + &sh_block("### 4. A device with its own certificate")
 }
 
 #[tokio::test]
@@ -25,7 +31,9 @@ async fn the_curl_quickstart_works_as_written() {
         .replace("localhost:8443", &format!("localhost:{port}"))
         .replace("moat-data/ca.pem", server.ca_path().to_str().unwrap())
         .replace("<the bootstrap password>", ADMIN_PASSWORD);
+    let dir = tempfile::tempdir().unwrap();
     let out = tokio::process::Command::new("bash")
+        .current_dir(dir.path())
         .arg("-c")
         .arg(format!("set -euo pipefail\n{script}"))
         .output()
@@ -38,14 +46,16 @@ async fn the_curl_quickstart_works_as_written() {
         String::from_utf8_lossy(&out.stderr)
     );
     // curl prints each body without a newline: read them as a stream of
-    // JSON documents; the last is the device list.
+    // JSON documents; the device list, then who the certificate is.
     let docs: Vec<serde_json::Value> = serde_json::Deserializer::from_str(&stdout)
         .into_iter()
         .collect::<Result<_, _>>()
         .expect("every output is JSON");
-    let devices = docs
-        .last()
-        .expect("the last command prints the device list");
+    let [.., devices, me] = docs.as_slice() else {
+        panic!("too few outputs: {docs:?}");
+    };
     assert_eq!(devices["items"][0]["name"], "boiler-1");
     assert_eq!(devices["items"][0]["tags"][0], "site:lyon");
+    assert_eq!(me["subject"]["kind"], "device", "{me}");
+    assert_eq!(me["subject"]["id"], devices["items"][0]["id"]);
 }

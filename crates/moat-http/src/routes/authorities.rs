@@ -9,9 +9,9 @@ use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use moat_core::audit::Outcome;
 use moat_core::authz::{Action, Resource, ResourceKind};
-use moat_core::pki::{Authority, AuthorityKind, Certificate, JitMode};
+use moat_core::pki::{Authority, AuthorityKind, JitMode};
 use moat_core::store::Change;
-use moat_core::{AuthorityId, TenantId};
+use moat_core::{AuthorityId, DeviceId, TenantId};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -318,22 +318,44 @@ pub async fn delete(
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ExpiringParams {
-    /// Certificates expiring within this many days (1–3650).
+    /// Credentials expiring within this many days (1–3650).
     pub days: u32,
     pub tenant_id: Option<TenantId>,
     /// At most this many (default 100, at most 1000).
     pub limit: Option<u32>,
 }
 
-/// Valid certificates in a tenant and below that expire within `days`,
-/// soonest first: what is due for renewal.
+/// What kind of credential is due.
+#[derive(Serialize, ToSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialKind {
+    Certificate,
+    DeviceKey,
+}
+
+/// A device credential that expires soon.
+#[derive(Serialize, ToSchema)]
+pub struct Expiring {
+    pub kind: CredentialKind,
+    /// The certificate's or the key's id.
+    pub id: uuid::Uuid,
+    pub device_id: DeviceId,
+    pub tenant_id: TenantId,
+    pub not_after: chrono::DateTime<Utc>,
+    /// For certificates: the serial, lower-case hex.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+}
+
+/// Valid certificates and device keys in a tenant and below that expire
+/// within `days`, soonest first: what is due for renewal or rotation.
 #[utoipa::path(get, path = "/pki/expiring", tag = TAG_PKI, params(ExpiringParams),
-    responses((status = 200, body = Vec<Certificate>), (status = 404, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 200, body = Vec<Expiring>), (status = 404, body = Problem), (status = 422, body = Problem)))]
 pub async fn expiring(
     State(s): State<Arc<AppState>>,
     caller: Caller,
     Query(p): Query<ExpiringParams>,
-) -> Result<Json<Vec<Certificate>>, ApiError> {
+) -> Result<Json<Vec<Expiring>>, ApiError> {
     if !(1..=3650).contains(&p.days) {
         return Err(ApiError::unprocessable(
             "days",
@@ -359,16 +381,39 @@ pub async fn expiring(
         )
         .await?;
     let now = Utc::now();
-    Ok(Json(
-        s.store
-            .expiring_certificates(
-                &path,
-                now,
-                now + chrono::Duration::days(p.days.into()),
-                limit,
-            )
-            .await?,
-    ))
+    let before = now + chrono::Duration::days(p.days.into());
+    let certs = s
+        .store
+        .expiring_certificates(&path, now, before, limit)
+        .await?;
+    let keys = s
+        .store
+        .expiring_device_keys(&path, now, before, limit)
+        .await?;
+    let mut due: Vec<Expiring> = certs
+        .into_iter()
+        .map(|c| Expiring {
+            kind: CredentialKind::Certificate,
+            id: c.id.0,
+            device_id: c.device_id,
+            tenant_id: c.tenant_id,
+            not_after: c.not_after,
+            serial: Some(c.serial),
+        })
+        .chain(keys.into_iter().filter_map(|k| {
+            Some(Expiring {
+                kind: CredentialKind::DeviceKey,
+                id: k.id.0,
+                device_id: k.device_id,
+                tenant_id: k.tenant_id,
+                not_after: k.expires_at?,
+                serial: None,
+            })
+        }))
+        .collect();
+    due.sort_by_key(|e| e.not_after);
+    due.truncate(limit as usize);
+    Ok(Json(due))
 }
 
 /// Renews the server certificate now; new connections get the new one

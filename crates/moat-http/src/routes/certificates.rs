@@ -8,7 +8,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use chrono::Utc;
-use moat_core::audit::Outcome;
+use moat_core::audit::{AuditRecord, Outcome};
 use moat_core::authz::{Action, Resource, ResourceKind};
 use moat_core::pki::{Certificate, CertificateOrigin};
 use moat_core::store::Change;
@@ -134,16 +134,35 @@ async fn device_for(
     Ok(d)
 }
 
-/// Issues a certificate to `device` from `body`, with `replaces` superseded.
-async fn issue(
-    s: &AppState,
-    caller: &Caller,
-    device: &Device,
-    body: NewCertificate,
-) -> Result<IssuedCertificate, ApiError> {
-    if device.state == DeviceState::Revoked {
-        return Err(ApiError::conflict("the device is revoked"));
+/// A certificate made for a device and not stored yet.
+pub(crate) struct Minted {
+    pub(crate) record: Certificate,
+    pub(crate) cert_pem: String,
+    pub(crate) chain_pem: String,
+    pub(crate) key_pem: Option<String>,
+    pub(crate) pkcs12_base64: Option<String>,
+}
+
+impl Minted {
+    pub(crate) fn answer(self, s: &AppState) -> IssuedCertificate {
+        IssuedCertificate {
+            certificate: self.record,
+            certificate_pem: self.cert_pem,
+            chain_pem: self.chain_pem,
+            ca_pem: s.pki.root_pem().to_owned(),
+            private_key_pem: self.key_pem,
+            pkcs12_base64: self.pkcs12_base64,
+        }
     }
+}
+
+/// Signs a certificate for `device` with its tenant's CA, from the CSR in
+/// `body` or with a generated key; stores nothing.
+pub(crate) async fn mint(
+    s: &AppState,
+    device: &Device,
+    body: &NewCertificate,
+) -> Result<Minted, ApiError> {
     let validity = match body.validity_days {
         Some(d) if !(1..=3650).contains(&d) => {
             return Err(ApiError::unprocessable(
@@ -155,18 +174,6 @@ async fn issue(
         None => s.pki.settings.device_cert_validity,
     };
     let validity = time::Duration::seconds(validity.num_seconds());
-    let replaced = match body.replaces {
-        Some(id) => Some(
-            s.store
-                .certificate(id)
-                .await?
-                .filter(|c| c.device_id == device.id)
-                .ok_or_else(|| {
-                    ApiError::unprocessable("replaces", "not a certificate of this device")
-                })?,
-        ),
-        None => None,
-    };
     let tenant = s
         .store
         .tenant(device.tenant_id)
@@ -174,7 +181,7 @@ async fn issue(
         .ok_or_else(|| ApiError::not_found("tenant"))?;
     let (authority, ca) = s.pki.tenant_ca(tenant.id, &tenant.name).await?;
     let device_id = device.id.to_string();
-    let (cert, key_pem, p12) = match body.csr {
+    let (cert, key_pem, p12) = match &body.csr {
         Some(csr) => {
             if body.key_algorithm.is_some()
                 || body.format.is_some()
@@ -225,14 +232,51 @@ async fn issue(
             }
         }
     };
-    let record_cert = s.pki.record(
+    let record = s.pki.record(
         &cert.info,
         device,
         Some(authority.id),
         CertificateOrigin::Issued,
         &cert.cert_pem,
     );
-    let mut changes = vec![Change::InsertCertificate(record_cert.clone())];
+    Ok(Minted {
+        record,
+        cert_pem: cert.cert_pem,
+        chain_pem: cert.chain_pem,
+        key_pem,
+        pkcs12_base64: p12,
+    })
+}
+
+/// Issues a certificate to `device` from `body`, with `replaces` superseded,
+/// and stores it with `extra` changes and the `audit` event (whose target
+/// and detail it fills in), all or nothing.
+pub(crate) async fn issue(
+    s: &AppState,
+    device: &Device,
+    body: NewCertificate,
+    mut audit: AuditRecord,
+    extra: Vec<Change>,
+) -> Result<IssuedCertificate, ApiError> {
+    if device.state == DeviceState::Revoked {
+        return Err(ApiError::conflict("the device is revoked"));
+    }
+    let replaced = match body.replaces {
+        Some(id) => Some(
+            s.store
+                .certificate(id)
+                .await?
+                .filter(|c| c.device_id == device.id)
+                .ok_or_else(|| {
+                    ApiError::unprocessable("replaces", "not a certificate of this device")
+                })?,
+        ),
+        None => None,
+    };
+    let minted = mint(s, device, &body).await?;
+    let cert = &minted.record;
+    let mut changes = vec![Change::InsertCertificate(cert.clone())];
+    changes.extend(extra);
     let overlap_end = Utc::now() + s.pki.settings.rotation_overlap;
     if let Some(old) = &replaced {
         changes.push(Change::RevokeCertificate {
@@ -241,23 +285,16 @@ async fn issue(
             reason: "superseded".into(),
         });
     }
-    let record = caller
-        .record("certificate.issue", format!("certificate:{}", record_cert.id), Outcome::Success)
-        .tenant(device.tenant_id)
-        .detail(serde_json::json!({
-            "device_id": device.id, "serial": record_cert.serial, "key_algorithm": record_cert.key_algorithm,
-            "generated_key": key_pem.is_some() || p12.is_some(), "replaces": replaced.as_ref().map(|c| c.id),
-        }));
-    s.store.apply(changes, Some(record)).await?;
+    audit.target = format!("certificate:{}", cert.id);
+    audit.tenant_id = Some(device.tenant_id);
+    audit.detail = serde_json::json!({
+        "device_id": device.id, "serial": cert.serial, "key_algorithm": cert.key_algorithm,
+        "generated_key": minted.key_pem.is_some() || minted.pkcs12_base64.is_some(),
+        "replaces": replaced.as_ref().map(|c| c.id),
+    });
+    s.store.apply(changes, Some(audit)).await?;
     s.pki.device_certificates_changed(device.id, false).await?;
-    Ok(IssuedCertificate {
-        certificate: record_cert,
-        certificate_pem: cert.cert_pem,
-        chain_pem: cert.chain_pem,
-        ca_pem: s.pki.root_pem().to_owned(),
-        private_key_pem: key_pem,
-        pkcs12_base64: p12,
-    })
+    Ok(minted.answer(s))
 }
 
 /// Issues a device certificate: from the device's CSR (it keeps its private
@@ -283,7 +320,16 @@ pub async fn create(
     .await?;
     Ok((
         StatusCode::CREATED,
-        Json(issue(&s, &caller, &device, body).await?),
+        Json(
+            issue(
+                &s,
+                &device,
+                body,
+                caller.record("certificate.issue", "-", Outcome::Success),
+                Vec::new(),
+            )
+            .await?,
+        ),
     ))
 }
 
@@ -411,7 +457,16 @@ pub async fn renew_own(
     };
     Ok((
         StatusCode::CREATED,
-        Json(issue(&s, &caller, &device, body).await?),
+        Json(
+            issue(
+                &s,
+                &device,
+                body,
+                caller.record("certificate.renew", "-", Outcome::Success),
+                Vec::new(),
+            )
+            .await?,
+        ),
     ))
 }
 

@@ -68,6 +68,9 @@ pub struct DeviceListParams {
 pub struct NewDeviceKey {
     /// Days until the key stops working; none = until revoked.
     pub expires_in_days: Option<u32>,
+    /// A key of the same device this one rotates: it keeps working for the
+    /// rotation overlap, then expires.
+    pub replaces: Option<DeviceKeyId>,
 }
 
 /// A new key; `token` is shown this once and never again.
@@ -369,6 +372,18 @@ pub async fn create_key(
     let expires_at = body
         .expires_in_days
         .map(|days| now + chrono::Duration::days(days.into()));
+    let replaced = match body.replaces {
+        Some(old) => Some(
+            s.store
+                .device_key(old)
+                .await?
+                .filter(|k| k.device_id == d.id && k.is_usable(now))
+                .ok_or_else(|| {
+                    ApiError::unprocessable("replaces", "not a usable key of this device")
+                })?,
+        ),
+        None => None,
+    };
     let (key, token) = new_key(&s, &d, now, expires_at).await?;
     let record = caller
         .record(
@@ -377,10 +392,15 @@ pub async fn create_key(
             Outcome::Success,
         )
         .tenant(d.tenant_id)
-        .detail(serde_json::json!({"device_id": id}));
-    s.store
-        .apply(vec![Change::InsertDeviceKey(key.clone())], Some(record))
-        .await?;
+        .detail(serde_json::json!({"device_id": id, "replaces": body.replaces}));
+    let mut changes = vec![Change::InsertDeviceKey(key.clone())];
+    if let Some(old) = replaced {
+        changes.push(Change::ExpireDeviceKey {
+            id: old.id,
+            at: now + s.pki.settings.rotation_overlap,
+        });
+    }
+    s.store.apply(changes, Some(record)).await?;
     Ok((StatusCode::CREATED, Json(IssuedDeviceKey { key, token })))
 }
 

@@ -8,7 +8,9 @@ pub mod auth;
 pub mod authorities;
 pub mod certificates;
 pub mod channels;
+pub mod claims;
 pub mod devices;
+pub mod import;
 pub mod ops;
 pub mod tenants;
 pub mod users;
@@ -37,6 +39,7 @@ pub fn api() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(users::revoke_sessions))
         .routes(routes!(devices::create, devices::list))
         .routes(routes!(devices::get, devices::update, devices::delete))
+        .routes(routes!(import::import))
         .routes(routes!(devices::create_key, devices::list_keys))
         .routes(routes!(devices::revoke_key))
         .routes(routes!(devices::connections))
@@ -63,6 +66,9 @@ pub fn api() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(authorities::registration_code))
         .routes(routes!(authorities::expiring))
         .routes(routes!(authorities::renew_server))
+        .routes(routes!(claims::create, claims::list))
+        .routes(routes!(claims::claim_device))
+        .routes(routes!(claims::bootstrap))
 }
 
 /// Turns `limit` and `cursor` query parameters into a list query.
