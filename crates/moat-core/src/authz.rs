@@ -36,6 +36,22 @@ impl std::fmt::Display for Subject {
 }
 
 /// An authenticated caller: who, in which tenant, with which role.
+impl std::str::FromStr for Subject {
+    type Err = ();
+
+    /// The inverse of `Display`: `user:<id>`, `apikey:<id>`, `device:<id>`.
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let (kind, id) = s.split_once(':').ok_or(())?;
+        let id = Uuid::try_parse(id).map_err(drop)?;
+        Ok(match kind {
+            "user" => Subject::User(UserId(id)),
+            "apikey" => Subject::ApiKey(ApiKeyId(id)),
+            "device" => Subject::Device(DeviceId(id)),
+            _ => return Err(()),
+        })
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Principal {
     pub subject: Subject,
@@ -176,6 +192,48 @@ pub fn authorize(principal: &Principal, action: Action, resource: &Resource<'_>)
         (Subject::User(id), Some(role)) if is_self(id, resource) => self_service(role, action),
         (_, Some(role)) => role_allows(role, action, resource, principal),
         (_, None) => false,
+    };
+    if allowed {
+        Decision::Allow
+    } else {
+        Decision::Forbidden
+    }
+}
+
+/// What a caller wants of a channel's messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MessageAccess {
+    Publish,
+    /// Receive live messages or read stored ones.
+    Subscribe,
+}
+
+/// Whether `principal` may publish to, or read, the channel `channel` of
+/// `tenant`. A device needs its `connection` to the channel (the topic ACL)
+/// with the right set; users and API keys need a role: admins and operators
+/// publish and read, viewers read. Outside the caller's tenant: not found.
+pub fn authorize_messages(
+    principal: &Principal,
+    access: MessageAccess,
+    tenant: &TenantPath,
+    channel: ChannelId,
+    connection: Option<&crate::domain::Connection>,
+) -> Decision {
+    if !tenant.contains(principal.tenant_id()) {
+        return Decision::NotFound;
+    }
+    let allowed = match (principal.subject, principal.role) {
+        (Subject::Device(id), _) => connection.is_some_and(|c| {
+            c.device_id == id
+                && c.channel_id == channel
+                && match access {
+                    MessageAccess::Publish => c.publish,
+                    MessageAccess::Subscribe => c.subscribe,
+                }
+        }),
+        (_, Some(Role::Admin | Role::Operator)) => true,
+        (_, Some(Role::Viewer)) => access == MessageAccess::Subscribe,
+        _ => false,
     };
     if allowed {
         Decision::Allow

@@ -249,6 +249,8 @@ pub struct Channel {
     pub payload_policy: PayloadPolicy,
     /// How long messages are kept, in days; `null` keeps them forever.
     pub retention_days: Option<u32>,
+    /// The largest payload accepted, in bytes [default 65536, at most 1 MiB].
+    pub max_payload: Option<u32>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }

@@ -82,3 +82,5 @@ id_type!(/// A certificate authority of a tenant.
     AuthorityId);
 id_type!(/// A one-time claim code.
     ClaimCodeId);
+id_type!(/// A message, time-ordered (UUIDv7).
+    MessageId);

@@ -13,6 +13,7 @@ pub mod authz;
 pub mod credential;
 pub mod domain;
 pub mod ids;
+pub mod message;
 pub mod page;
 pub mod pki;
 pub mod senml;

@@ -106,6 +106,7 @@ pub(crate) fn channel(row: &Row<'_>) -> rusqlite::Result<Channel> {
         metadata: json(row, "metadata")?,
         payload_policy: parsed(row, "payload_policy", PayloadPolicy::parse)?,
         retention_days: row.get("retention_days")?,
+        max_payload: row.get("max_payload")?,
         created_at: time(row, "created_at")?,
         updated_at: time(row, "updated_at")?,
     })

@@ -170,6 +170,7 @@ async fn entities_round_trip_and_lists_page_and_filter() {
         metadata: serde_json::json!({}),
         payload_policy: PayloadPolicy::Json,
         retention_days: Some(7),
+        max_payload: Some(4096),
         created_at: now,
         updated_at: now,
     };

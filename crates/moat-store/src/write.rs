@@ -113,15 +113,15 @@ fn one(tx: &Transaction<'_>, change: Change) -> Result<(), StoreError> {
         Change::DeleteDevice(id) => tx.execute("DELETE FROM devices WHERE id = ?1", [id.to_string()]).map_err(backend).and_then(exactly_one("device")),
         Change::InsertChannel(c) => tx
             .execute(
-                "INSERT INTO channels (id, tenant_id, name, tags, metadata, payload_policy, retention_days, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![c.id.to_string(), c.tenant_id.to_string(), c.name, json(&c.tags), json(&c.metadata), c.payload_policy.as_str(), c.retention_days, ms(c.created_at), ms(c.updated_at)],
+                "INSERT INTO channels (id, tenant_id, name, tags, metadata, payload_policy, retention_days, created_at, updated_at, max_payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![c.id.to_string(), c.tenant_id.to_string(), c.name, json(&c.tags), json(&c.metadata), c.payload_policy.as_str(), c.retention_days, ms(c.created_at), ms(c.updated_at), c.max_payload],
             )
             .map(drop)
             .map_err(unique(|| format!("a channel named {:?} already exists in this tenant", c.name))),
         Change::UpdateChannel(c) => tx
             .execute(
-                "UPDATE channels SET name = ?2, tags = ?3, metadata = ?4, payload_policy = ?5, retention_days = ?6, updated_at = ?7 WHERE id = ?1",
-                params![c.id.to_string(), c.name, json(&c.tags), json(&c.metadata), c.payload_policy.as_str(), c.retention_days, ms(c.updated_at)],
+                "UPDATE channels SET name = ?2, tags = ?3, metadata = ?4, payload_policy = ?5, retention_days = ?6, updated_at = ?7, max_payload = ?8 WHERE id = ?1",
+                params![c.id.to_string(), c.name, json(&c.tags), json(&c.metadata), c.payload_policy.as_str(), c.retention_days, ms(c.updated_at), c.max_payload],
             )
             .map_err(unique(|| format!("a channel named {:?} already exists in this tenant", c.name)))
             .and_then(exactly_one("channel")),

@@ -215,3 +215,69 @@ fn nobody_changes_their_own_role_or_deletes_themselves() {
     assert_eq!(authorize(&me, Action::Delete, &r), Decision::Forbidden);
     assert_eq!(authorize(&me, Action::UpdateProfile, &r), Decision::Allow);
 }
+
+#[test]
+fn message_access_follows_connections_for_devices_and_roles_for_people() {
+    let w = World::new();
+    let (tenant, other) = (w.path(w.ids[1]), w.path(w.ids[2]));
+    let channel = ChannelId::new();
+    let device = DeviceId::new();
+    let now = chrono::Utc::now();
+    let conn = |publish, subscribe| crate::domain::Connection {
+        tenant_id: w.ids[1],
+        device_id: device,
+        channel_id: channel,
+        publish,
+        subscribe,
+        created_at: now,
+        updated_at: now,
+    };
+    let dev = Principal {
+        subject: Subject::Device(device),
+        tenant: tenant.clone(),
+        role: None,
+    };
+    use MessageAccess::*;
+    let decide = |p: &Principal, a, t: &TenantPath, c: Option<&crate::domain::Connection>| {
+        authorize_messages(p, a, t, channel, c)
+    };
+    assert_eq!(decide(&dev, Publish, &tenant, None), Decision::Forbidden);
+    assert_eq!(
+        decide(&dev, Publish, &tenant, Some(&conn(true, false))),
+        Decision::Allow
+    );
+    assert_eq!(
+        decide(&dev, Subscribe, &tenant, Some(&conn(true, false))),
+        Decision::Forbidden
+    );
+    assert_eq!(
+        decide(&dev, Subscribe, &tenant, Some(&conn(false, true))),
+        Decision::Allow
+    );
+    // Another device's connection is not this device's.
+    let mut theirs = conn(true, true);
+    theirs.device_id = DeviceId::new();
+    assert_eq!(
+        decide(&dev, Publish, &tenant, Some(&theirs)),
+        Decision::Forbidden
+    );
+    assert_eq!(
+        decide(&dev, Publish, &other, Some(&conn(true, true))),
+        Decision::NotFound
+    );
+    for (role, publish, subscribe) in [
+        (Role::Admin, true, true),
+        (Role::Operator, true, true),
+        (Role::Viewer, false, true),
+        (Role::Auditor, false, false),
+    ] {
+        let p = Principal {
+            subject: Subject::User(UserId::new()),
+            tenant: tenant.clone(),
+            role: Some(role),
+        };
+        assert_eq!(decide(&p, Publish, &tenant, None).is_allowed(), publish);
+        assert_eq!(decide(&p, Subscribe, &tenant, None).is_allowed(), subscribe);
+        assert_eq!(decide(&p, Subscribe, &other, None), Decision::NotFound);
+    }
+}

@@ -37,6 +37,8 @@ pub struct NewChannel {
     pub payload_policy: Option<PayloadPolicy>,
     /// Days to keep messages; none keeps them forever.
     pub retention_days: Option<u32>,
+    /// The largest payload accepted, in bytes (1 to 1048576) [default 65536].
+    pub max_payload: Option<u32>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -48,6 +50,8 @@ pub struct ChannelPatch {
     pub payload_policy: Option<PayloadPolicy>,
     /// Days to keep messages; `0` keeps them forever.
     pub retention_days: Option<u32>,
+    /// The largest payload accepted, in bytes (1 to 1048576).
+    pub max_payload: Option<u32>,
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -76,6 +80,7 @@ fn check(
     tags: Option<&[String]>,
     metadata: Option<&serde_json::Value>,
     retention: Option<u32>,
+    max_payload: Option<u32>,
 ) -> Result<(), ApiError> {
     let mut c = Checker::new();
     if let Some(n) = name {
@@ -86,6 +91,12 @@ fn check(
     }
     if let Some(m) = metadata {
         c.metadata("metadata", m);
+    }
+    if max_payload.is_some_and(|m| m == 0 || m as usize > moat_core::message::MAX_PAYLOAD) {
+        c.fail(
+            "max_payload",
+            format!("must be between 1 and {}", moat_core::message::MAX_PAYLOAD),
+        );
     }
     if retention.is_some_and(|r| r > MAX_RETENTION_DAYS) {
         c.fail(
@@ -122,6 +133,7 @@ pub async fn create(
         Some(&body.tags),
         Some(&body.metadata),
         body.retention_days,
+        body.max_payload,
     )?;
     if body.retention_days == Some(0) {
         return Err(ApiError::unprocessable(
@@ -138,6 +150,7 @@ pub async fn create(
         metadata: body.metadata,
         payload_policy: body.payload_policy.unwrap_or(PayloadPolicy::Senml),
         retention_days: body.retention_days,
+        max_payload: body.max_payload,
         created_at: now,
         updated_at: now,
     };
@@ -247,6 +260,7 @@ pub async fn update(
         body.tags.as_deref(),
         body.metadata.as_ref(),
         body.retention_days,
+        body.max_payload,
     )?;
     if let Some(n) = body.name {
         c.name = n;
@@ -262,6 +276,9 @@ pub async fn update(
     }
     if let Some(r) = body.retention_days {
         c.retention_days = (r > 0).then_some(r);
+    }
+    if let Some(m) = body.max_payload {
+        c.max_payload = Some(m);
     }
     c.updated_at = now_millis();
     let record = caller
