@@ -7,6 +7,7 @@
 //! `synchronous=FULL` makes a committed transaction survive power loss: what
 //! `apply` returns is durable.
 
+pub mod messages;
 mod migrate;
 mod read;
 mod rows;
@@ -19,6 +20,8 @@ use std::sync::{Arc, Mutex};
 use moat_core::audit::AuditChain;
 use moat_core::store::StoreError;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
+
+pub use messages::SqliteMessageStore;
 
 /// Reader connections kept open beside the writer.
 const READERS: usize = 4;

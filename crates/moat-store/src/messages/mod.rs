@@ -1,0 +1,162 @@
+//! The message store (ADR 004): published messages and their SenML records,
+//! durable before anyone is told they were received.
+//!
+//! Messages live in their own SQLCipher file beside the identity database,
+//! so the data path never waits on that database's lock. Writes go through
+//! one thread that group-commits whatever appends are waiting
+//! ([`writer`]); reads run on a few read-only connections on tokio's
+//! blocking pool ([`read`]), which WAL lets run while the writer commits.
+//! `synchronous = FULL` fsyncs the WAL at every commit, so what `append`
+//! returns is durable. The layout is in `schema.sql`; how fields become
+//! columns in [`columns`].
+
+mod columns;
+mod read;
+mod writer;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use moat_core::ChannelId;
+use moat_core::message::*;
+use moat_core::store::StoreError;
+use rusqlite::{Connection, OpenFlags};
+
+use crate::{backend, connect};
+use writer::Writer;
+
+/// Reader connections.
+const READERS: usize = 4;
+/// Statements each reader keeps prepared: every combination of filters is
+/// its own statement.
+const READER_STATEMENTS: usize = 64;
+
+/// The schema's versions, applied in order and tracked by `user_version`.
+const SCHEMA: &[&str] = &[include_str!("schema.sql")];
+
+/// [`MessageStore`] on an SQLCipher file.
+pub struct SqliteMessageStore {
+    writer: Writer,
+    // std mutexes: each is held only inside a blocking task, never across an
+    // await.
+    readers: Arc<Vec<Mutex<Connection>>>,
+    next_reader: AtomicUsize,
+}
+
+impl SqliteMessageStore {
+    /// Opens (creating if absent) the message database at `path` with its
+    /// 32-byte SQLCipher key, brings its schema up to date and starts the
+    /// writer thread.
+    pub fn open(path: &Path, key: &[u8; 32]) -> Result<Self, StoreError> {
+        let mut conn = connect(
+            path,
+            key,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+        )?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(backend)?;
+        migrate(&mut conn)?;
+        let readers = (0..READERS)
+            .map(|_| {
+                let c = connect(path, key, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+                c.set_prepared_statement_cache_capacity(READER_STATEMENTS);
+                Ok(Mutex::new(c))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(Self {
+            writer: Writer::start(conn)?,
+            readers: Arc::new(readers),
+            next_reader: AtomicUsize::new(0),
+        })
+    }
+
+    /// Transactions the writer has committed: fewer than the appends means
+    /// group commit is grouping.
+    pub fn batches(&self) -> u64 {
+        self.writer.batches()
+    }
+
+    /// Runs `f` on a reader connection on the blocking pool.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let readers = Arc::clone(&self.readers);
+        let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % readers.len();
+        tokio::task::spawn_blocking(move || {
+            let conn = readers[i].lock().unwrap_or_else(|p| p.into_inner());
+            f(&conn)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))?
+    }
+}
+
+#[async_trait]
+impl MessageStore for SqliteMessageStore {
+    async fn append(&self, messages: Vec<Arc<Message>>) -> Result<Vec<i64>, StoreError> {
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.writer.append(messages).await
+    }
+
+    /// Each message comes back with empty `records`: they are in the payload,
+    /// and reading them back would take a lookup per message, since the
+    /// records table is ordered by name and time. [`Self::records`] reads
+    /// them.
+    async fn messages(&self, q: &MessageQuery) -> Result<Vec<Stored>, StoreError> {
+        let q = q.clone();
+        self.read(move |c| read::messages(c, &q)).await
+    }
+
+    async fn records(&self, q: &RecordQuery) -> Result<Vec<StoredRecord>, StoreError> {
+        let q = q.clone();
+        self.read(move |c| read::records(c, &q)).await
+    }
+
+    async fn aggregate(
+        &self,
+        q: &RecordQuery,
+        agg: Aggregate,
+        interval: i64,
+    ) -> Result<Vec<Bucket>, StoreError> {
+        let q = q.clone();
+        self.read(move |c| read::aggregate(c, &q, agg, interval))
+            .await
+    }
+
+    /// Runs on the writer thread in transactions of at most
+    /// [`writer::EXPIRE_CHUNK`] messages, appends committing between them.
+    async fn expire(&self, channel: ChannelId, before: i64) -> Result<u64, StoreError> {
+        self.writer.expire(channel, before).await
+    }
+}
+
+/// Applies the schema versions `conn` lacks, each in its own transaction.
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let current: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(backend)?;
+    let known = SCHEMA.len() as i64;
+    if current > known {
+        return Err(StoreError::SchemaTooNew {
+            found: current,
+            known,
+        });
+    }
+    for (i, sql) in SCHEMA.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction().map_err(backend)?;
+        tx.execute_batch(sql).map_err(backend)?;
+        tx.pragma_update(None, "user_version", i as i64 + 1)
+            .map_err(backend)?;
+        tx.commit().map_err(backend)?;
+        tracing::info!(version = i + 1, "applied a message schema migration");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

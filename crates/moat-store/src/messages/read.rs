@@ -1,0 +1,324 @@
+//! Reads: the SQL each query runs, built apart from running it so that the
+//! tests can check its plan, and the rows turned back into messages,
+//! records and buckets.
+//!
+//! The plans these statements are written for (checked in the tests):
+//! - messages page by seq on `messages_channel_seq` — the seq order is the
+//!   commit order, so a reader that follows the cursor never misses a
+//!   message committed after it looked, even one received earlier; a time
+//!   window first takes its seq bounds from `messages_channel_time`;
+//! - records with a name read the primary key's `(channel, name, time, …)`
+//!   range, and without one `records_channel_time`, both already in cursor
+//!   order, so a page reads as many rows as it returns (plus those its
+//!   filters skip) and never sorts.
+
+use moat_core::ChannelId;
+use moat_core::authz::Subject;
+use moat_core::message::*;
+use moat_core::senml::Record;
+use moat_core::store::StoreError;
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, Row, params_from_iter};
+use uuid::Uuid;
+
+use super::columns;
+use crate::backend;
+
+/// A statement and its arguments, in the order of its `?` placeholders.
+#[derive(Debug)]
+pub(super) struct Select {
+    pub(super) sql: String,
+    pub(super) args: Vec<SqlValue>,
+}
+
+impl Select {
+    fn new(sql: &str, channel: ChannelId) -> Self {
+        Self {
+            sql: format!("{sql} WHERE channel = ?"),
+            args: vec![uuid_arg(channel.0)],
+        }
+    }
+
+    /// Adds `AND cond`; its `?`s take `args` in order.
+    fn and(&mut self, cond: &str, args: impl IntoIterator<Item = SqlValue>) -> &mut Self {
+        self.sql.push_str(" AND ");
+        self.sql.push_str(cond);
+        self.args.extend(args);
+        self
+    }
+
+    fn and_some<T: Into<SqlValue>>(&mut self, cond: &str, arg: Option<T>) -> &mut Self {
+        if let Some(a) = arg {
+            self.and(cond, [a.into()]);
+        }
+        self
+    }
+
+    fn then(&mut self, tail: &str) -> &mut Self {
+        self.sql.push(' ');
+        self.sql.push_str(tail);
+        self
+    }
+}
+
+fn uuid_arg(u: Uuid) -> SqlValue {
+    SqlValue::Blob(u.as_bytes().to_vec())
+}
+
+/// The seq bounds of `q`'s time window, or `None` without a window.
+pub(super) fn window_sql(q: &MessageQuery) -> Option<Select> {
+    if q.from.is_none() && q.to.is_none() {
+        return None;
+    }
+    let mut s = Select::new(
+        "SELECT min(seq), max(seq) FROM messages INDEXED BY messages_channel_time",
+        q.channel,
+    );
+    s.and_some("received_at >= ?", q.from)
+        .and_some("received_at < ?", q.to);
+    Some(s)
+}
+
+/// A page of messages; `bounds` are the window's seq bounds.
+pub(super) fn messages_sql(q: &MessageQuery, bounds: Option<(i64, i64)>) -> Select {
+    let mut s = Select::new(
+        "SELECT seq, id, tenant, channel, subtopic, publisher, protocol, content_type, \
+         received_at, payload FROM messages INDEXED BY messages_channel_seq",
+        q.channel,
+    );
+    // One lower bound on seq, so that SQLite seeks to it: the later of the
+    // window's start and the cursor.
+    let after = q.after.map(|a| a.saturating_add(1));
+    let lower = match bounds {
+        Some((lo, _)) => Some(after.map_or(lo, |a| a.max(lo))),
+        None => after,
+    };
+    s.and_some("seq >= ?", lower)
+        .and_some("seq <= ?", bounds.map(|(_, hi)| hi))
+        .and_some("received_at >= ?", q.from)
+        .and_some("received_at < ?", q.to)
+        .and_some("publisher = ?", q.publisher.clone())
+        .and_some("subtopic = ?", q.subtopic.clone())
+        .then("ORDER BY seq LIMIT ?");
+    s.args.push(i64::from(q.limit).into());
+    s
+}
+
+pub(super) fn messages(conn: &Connection, q: &MessageQuery) -> Result<Vec<Stored>, StoreError> {
+    let bounds = match window_sql(q) {
+        None => None,
+        Some(w) => {
+            let mut stmt = conn.prepare_cached(&w.sql).map_err(backend)?;
+            let bounds = stmt
+                .query_row(params_from_iter(&w.args), |r| {
+                    Ok((r.get::<_, Option<i64>>(0)?, r.get::<_, Option<i64>>(1)?))
+                })
+                .map_err(backend)?;
+            match bounds {
+                (Some(lo), Some(hi)) => Some((lo, hi)),
+                // Nothing in the window.
+                _ => return Ok(Vec::new()),
+            }
+        }
+    };
+    let s = messages_sql(q, bounds);
+    let mut stmt = conn.prepare_cached(&s.sql).map_err(backend)?;
+    let mut rows = stmt.query(params_from_iter(&s.args)).map_err(backend)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(backend)? {
+        out.push(stored(row)?);
+    }
+    Ok(out)
+}
+
+fn stored(r: &Row<'_>) -> Result<Stored, StoreError> {
+    let publisher: String = r.get(5).map_err(backend)?;
+    let message = Message {
+        id: Uuid::from_bytes(r.get(1).map_err(backend)?).into(),
+        tenant_id: Uuid::from_bytes(r.get(2).map_err(backend)?).into(),
+        channel_id: Uuid::from_bytes(r.get(3).map_err(backend)?).into(),
+        subtopic: r.get(4).map_err(backend)?,
+        publisher: subject(&publisher)?,
+        protocol: columns::protocol(r.get(6).map_err(backend)?)?,
+        content_type: columns::content_type(r.get(7).map_err(backend)?)?,
+        received_at: r.get(8).map_err(backend)?,
+        payload: r.get(9).map_err(backend)?,
+        records: Vec::new(),
+    };
+    Ok(Stored {
+        seq: r.get(0).map_err(backend)?,
+        message,
+    })
+}
+
+fn subject(s: &str) -> Result<Subject, StoreError> {
+    s.parse()
+        .map_err(|()| StoreError::Backend(format!("stored publisher {s:?} is not a subject")))
+}
+
+/// The conditions records and aggregates share, after `SELECT … FROM`; the
+/// lower time bound is left to each, as records weigh it against the cursor.
+fn record_filter(head: &str, q: &RecordQuery) -> Select {
+    let mut s = Select::new(head, q.channel);
+    s.and_some("name = ?", q.name.clone())
+        .and_some("time < ?", q.to)
+        .and_some("publisher = ?", q.publisher.clone())
+        .and_some("subtopic = ?", q.subtopic.clone());
+    for (op, x) in &q.value {
+        let cond = match op {
+            Comparator::Lt => "v < ?",
+            Comparator::Le => "v <= ?",
+            Comparator::Eq => "v = ?",
+            Comparator::Ge => "v >= ?",
+            Comparator::Gt => "v > ?",
+        };
+        s.and(cond, [(*x).into()]);
+    }
+    s
+}
+
+pub(super) fn records_sql(q: &RecordQuery) -> Select {
+    let mut s = record_filter(
+        "SELECT name, time, seq, idx, publisher, subtopic, unit, v, vs, vb, vd, s, ut FROM records",
+        q,
+    );
+    // One lower bound, so that SQLite seeks to it rather than scanning from
+    // the other: the cursor, unless the window starts after it.
+    match (q.from, q.after) {
+        (Some(from), Some((time, _, _))) if from > time => {
+            s.and("time >= ?", [from.into()]);
+        }
+        (_, Some((time, seq, idx))) => {
+            s.and(
+                "(time, seq, idx) > (?, ?, ?)",
+                [time.into(), seq.into(), i64::from(idx).into()],
+            );
+        }
+        (from, None) => {
+            s.and_some("time >= ?", from);
+        }
+    }
+    s.then("ORDER BY time, seq, idx LIMIT ?");
+    s.args.push(i64::from(q.limit).into());
+    s
+}
+
+pub(super) fn records(conn: &Connection, q: &RecordQuery) -> Result<Vec<StoredRecord>, StoreError> {
+    let s = records_sql(q);
+    let mut stmt = conn.prepare_cached(&s.sql).map_err(backend)?;
+    let rows = stmt
+        .query_map(params_from_iter(&s.args), |r| {
+            let record = Record {
+                name: r.get(0)?,
+                time: columns::seconds(r.get(1)?),
+                unit: r.get(6)?,
+                value: columns::value(r.get(7)?, r.get(8)?, r.get(9)?, r.get(10)?),
+                sum: r.get(11)?,
+                update_time: r.get(12)?,
+            };
+            Ok(StoredRecord {
+                seq: r.get(2)?,
+                index: r.get(3)?,
+                publisher: r.get(4)?,
+                subtopic: r.get(5)?,
+                record,
+            })
+        })
+        .map_err(backend)?;
+    rows.collect::<Result<_, _>>().map_err(backend)
+}
+
+/// Every matching record's time and numeric value, in time order: the
+/// buckets are folded from this stream as it comes, where a `GROUP BY` on
+/// the bucket would sort the whole range first.
+pub(super) fn aggregate_sql(q: &RecordQuery) -> Select {
+    let mut s = record_filter("SELECT time, v FROM records", q);
+    s.and_some("time >= ?", q.from).then("ORDER BY time");
+    s
+}
+
+pub(super) fn aggregate(
+    conn: &Connection,
+    q: &RecordQuery,
+    agg: Aggregate,
+    interval: i64,
+) -> Result<Vec<Bucket>, StoreError> {
+    if interval <= 0 {
+        return Err(StoreError::Backend(format!(
+            "an aggregation interval must be positive, not {interval}"
+        )));
+    }
+    let s = aggregate_sql(q);
+    let mut stmt = conn.prepare_cached(&s.sql).map_err(backend)?;
+    let mut rows = stmt.query(params_from_iter(&s.args)).map_err(backend)?;
+    let mut out = Vec::new();
+    let mut acc: Option<Acc> = None;
+    while let Some(row) = rows.next().map_err(backend)? {
+        let time: i64 = row.get(0).map_err(backend)?;
+        let v: Option<f64> = row.get(1).map_err(backend)?;
+        // Aligned to the epoch, also before it.
+        let start = time.div_euclid(interval) * interval;
+        match &mut acc {
+            Some(a) if a.start == start => a.add(v),
+            _ => {
+                out.extend(acc.take().map(|a| a.bucket(agg)));
+                let mut a = Acc::new(start);
+                a.add(v);
+                acc = Some(a);
+            }
+        }
+    }
+    out.extend(acc.map(|a| a.bucket(agg)));
+    Ok(out)
+}
+
+/// One bucket's running aggregate.
+struct Acc {
+    start: i64,
+    /// Every record, numeric or not.
+    count: u64,
+    /// Numeric values only.
+    numbers: u64,
+    sum: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Acc {
+    fn new(start: i64) -> Self {
+        Self {
+            start,
+            count: 0,
+            numbers: 0,
+            sum: 0.0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+        }
+    }
+
+    fn add(&mut self, v: Option<f64>) {
+        self.count += 1;
+        if let Some(v) = v {
+            self.numbers += 1;
+            self.sum += v;
+            self.min = self.min.min(v);
+            self.max = self.max.max(v);
+        }
+    }
+
+    fn bucket(self, agg: Aggregate) -> Bucket {
+        let value = match agg {
+            Aggregate::Count => Some(self.count as f64),
+            _ if self.numbers == 0 => None,
+            Aggregate::Min => Some(self.min),
+            Aggregate::Max => Some(self.max),
+            Aggregate::Sum => Some(self.sum),
+            Aggregate::Avg => Some(self.sum / self.numbers as f64),
+        };
+        Bucket {
+            start: self.start,
+            count: self.count,
+            value,
+        }
+    }
+}

@@ -1,0 +1,765 @@
+//! The message store against a real encrypted file in a temporary directory.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use moat_core::authz::Subject;
+use moat_core::message::*;
+use moat_core::senml::{Record, Value};
+use moat_core::store::StoreError;
+use moat_core::*;
+use rusqlite::{OpenFlags, params_from_iter};
+
+use super::read::{self, Select};
+use super::writer::{EXPIRE_CHUNK, EXPIRED};
+use super::{SqliteMessageStore, columns};
+use crate::connect;
+
+const KEY: [u8; 32] = [3; 32];
+/// 2023-11-14T22:13:20Z, a multiple of every interval used here.
+const T0: i64 = 1_700_000_000_000_000;
+
+fn open(dir: &Path) -> SqliteMessageStore {
+    SqliteMessageStore::open(&dir.join("messages.db"), &KEY).expect("opens")
+}
+
+/// Seconds for `us` microseconds, computed as the store computes them, so
+/// that times round-trip exactly.
+fn secs(us: i64) -> f64 {
+    columns::seconds(us)
+}
+
+fn device() -> Subject {
+    Subject::Device(DeviceId::new())
+}
+
+fn message(channel: ChannelId, received_at: i64, records: Vec<Record>) -> Message {
+    Message {
+        id: MessageId::new(),
+        tenant_id: TenantId::new(),
+        channel_id: channel,
+        subtopic: String::new(),
+        publisher: device(),
+        protocol: Protocol::Http,
+        content_type: ContentType::SenmlJson,
+        payload: b"[]".to_vec(),
+        received_at,
+        records,
+    }
+}
+
+fn number(name: &str, time_us: i64, v: f64) -> Record {
+    record(name, time_us, Some(Value::Number(v)))
+}
+
+fn record(name: &str, time_us: i64, value: Option<Value>) -> Record {
+    Record {
+        name: name.into(),
+        unit: None,
+        value,
+        sum: None,
+        time: secs(time_us),
+        update_time: None,
+    }
+}
+
+async fn append(store: &SqliteMessageStore, messages: Vec<Message>) -> Vec<i64> {
+    let messages = messages.into_iter().map(Arc::new).collect();
+    store.append(messages).await.expect("appends")
+}
+
+fn all_messages(channel: ChannelId) -> MessageQuery {
+    MessageQuery {
+        channel,
+        limit: 100_000,
+        ..MessageQuery::default()
+    }
+}
+
+fn all_records(channel: ChannelId) -> RecordQuery {
+    RecordQuery {
+        channel,
+        limit: 100_000,
+        ..RecordQuery::default()
+    }
+}
+
+#[tokio::test]
+async fn every_field_and_value_kind_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let channel = ChannelId::new();
+    let t = T0 + 123_456;
+    let senml = Message {
+        subtopic: "floor/1".into(),
+        payload: b"[{\"n\":\"t\"}]".to_vec(),
+        records: vec![
+            Record {
+                unit: Some("Cel".into()),
+                update_time: Some(60.5),
+                ..number("urn:dev:temp", t, 21.25)
+            },
+            record("label", t + 1, Some(Value::String("hall".into()))),
+            record("open", t + 2, Some(Value::Bool(true))),
+            record("blob", t + 3, Some(Value::Data(vec![0, 1, 255]))),
+            Record {
+                sum: Some(3.5),
+                ..record("energy", t - 7, None)
+            },
+            number("neg", -1_500_001, -0.5),
+        ],
+        ..message(channel, T0, vec![])
+    };
+    let others = [
+        (
+            Subject::User(UserId::new()),
+            Protocol::Websocket,
+            ContentType::SenmlCbor,
+        ),
+        (
+            Subject::ApiKey(ApiKeyId::new()),
+            Protocol::Mqtt,
+            ContentType::Json,
+        ),
+        (device(), Protocol::Coap, ContentType::OctetStream),
+    ]
+    .map(|(publisher, protocol, content_type)| Message {
+        publisher,
+        protocol,
+        content_type,
+        payload: vec![0xff, 0],
+        ..message(channel, T0 + 1, vec![])
+    });
+    let mut sent = vec![senml];
+    sent.extend(others);
+    let seqs = append(&store, sent.clone()).await;
+    assert_eq!(seqs.len(), 4);
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+
+    let read = store.messages(&all_messages(channel)).await.unwrap();
+    let expected: Vec<Stored> = seqs
+        .iter()
+        .zip(&sent)
+        .map(|(&seq, m)| Stored {
+            seq,
+            message: Message {
+                records: vec![],
+                ..m.clone()
+            },
+        })
+        .collect();
+    assert_eq!(read, expected);
+
+    let mut expected: Vec<StoredRecord> = sent[0]
+        .records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| StoredRecord {
+            seq: seqs[0],
+            index: i as u32,
+            publisher: sent[0].publisher.to_string(),
+            subtopic: "floor/1".into(),
+            record: r.clone(),
+        })
+        .collect();
+    expected.sort_by_key(|r| (columns::micros(r.record.time), r.seq, r.index));
+    assert_eq!(
+        store.records(&all_records(channel)).await.unwrap(),
+        expected
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_appends_are_committed_in_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(dir.path()));
+    let channel = ChannelId::new();
+    // Hold SQLite's write lock from another connection, so that the appends
+    // pile up in the queue behind the first one, whatever the disk's speed.
+    let blocker = connect(
+        &dir.path().join("messages.db"),
+        &KEY,
+        OpenFlags::SQLITE_OPEN_READ_WRITE,
+    )
+    .unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let m = message(channel, T0 + i, vec![number("n", T0 + i, i as f64)]);
+                append(&store, vec![m]).await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    blocker.execute_batch("ROLLBACK").unwrap();
+    let mut seqs = Vec::new();
+    for t in tasks {
+        seqs.extend(t.await.unwrap());
+    }
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(seqs.len(), 200);
+    let batches = store.batches();
+    assert!((1..200).contains(&batches), "{batches} batches");
+    let stored = store.messages(&all_messages(channel)).await.unwrap();
+    assert_eq!(stored.len(), 200);
+    assert_eq!(
+        store.records(&all_records(channel)).await.unwrap().len(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn appended_messages_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let channel = ChannelId::new();
+    let sent = vec![
+        message(channel, T0, vec![number("a", T0, 1.0)]),
+        message(channel, T0 + 1, vec![]),
+    ];
+    let store = open(dir.path());
+    let seqs = append(&store, sent.clone()).await;
+    drop(store);
+
+    let store = open(dir.path());
+    let read = store.messages(&all_messages(channel)).await.unwrap();
+    assert_eq!(read.iter().map(|s| s.seq).collect::<Vec<_>>(), seqs);
+    assert_eq!(read[1].message, sent[1]);
+    let records = store.records(&all_records(channel)).await.unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].record, sent[0].records[0]);
+    // Seqs keep growing across restarts.
+    let more = append(&store, vec![message(channel, T0 + 2, vec![])]).await;
+    assert!(more[0] > seqs[1]);
+}
+
+#[tokio::test]
+async fn a_wrong_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    let path = dir.path().join("messages.db");
+    assert!(matches!(
+        SqliteMessageStore::open(&path, &[4; 32]),
+        Err(StoreError::WrongKey)
+    ));
+}
+
+#[tokio::test]
+async fn message_queries_filter_and_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let (a, b) = (ChannelId::new(), ChannelId::new());
+    let (p1, p2) = (device(), device());
+    // Ten messages on `a`, received a second apart, alternating publisher
+    // and subtopic, interleaved with `b`'s; then one on `a` that was
+    // received first but committed last.
+    let mut sent = Vec::new();
+    for i in 0..10 {
+        sent.push(Message {
+            publisher: if i % 2 == 0 { p1 } else { p2 },
+            subtopic: if i < 5 { "x" } else { "y" }.into(),
+            ..message(a, T0 + i * 1_000_000, vec![])
+        });
+        sent.push(message(b, T0 + i * 1_000_000, vec![]));
+    }
+    sent.push(message(a, T0 - 1, vec![]));
+    append(&store, sent).await;
+
+    let check = |q: MessageQuery, expected: Vec<i64>| {
+        let store = &store;
+        async move {
+            let got: Vec<i64> = store
+                .messages(&q)
+                .await
+                .unwrap()
+                .iter()
+                .map(|s| (s.message.received_at - T0).div_euclid(1_000_000))
+                .collect();
+            assert_eq!(got, expected, "{q:?}");
+        }
+    };
+    let all = all_messages(a);
+    check(all.clone(), vec![0, 1, 2, 3, 4, 5, 6, 7, 8, 9, -1]).await;
+    check(all_messages(ChannelId::new()), vec![]).await;
+    let q = MessageQuery {
+        from: Some(T0 + 3_000_000),
+        to: Some(T0 + 6_000_000),
+        ..all.clone()
+    };
+    check(q, vec![3, 4, 5]).await;
+    let q = MessageQuery {
+        to: Some(T0 + 1),
+        ..all.clone()
+    };
+    check(q, vec![0, -1]).await;
+    let q = MessageQuery {
+        from: Some(T0 + 20_000_000),
+        ..all.clone()
+    };
+    check(q, vec![]).await;
+    let q = MessageQuery {
+        publisher: Some(p2.to_string()),
+        ..all.clone()
+    };
+    check(q, vec![1, 3, 5, 7, 9]).await;
+    let q = MessageQuery {
+        subtopic: Some("y".into()),
+        from: Some(T0 + 6_000_000),
+        ..all.clone()
+    };
+    check(q, vec![6, 7, 8, 9]).await;
+    let q = MessageQuery {
+        limit: 3,
+        ..all.clone()
+    };
+    check(q, vec![0, 1, 2]).await;
+
+    // Paging by the cursor, with and without a window, neither repeats nor
+    // skips.
+    for window in [None, Some((T0 - 1, T0 + 4_000_001))] {
+        let q = MessageQuery {
+            from: window.map(|w| w.0),
+            to: window.map(|w| w.1),
+            ..all.clone()
+        };
+        let whole = store.messages(&q).await.unwrap();
+        let mut paged = Vec::new();
+        let mut after = None;
+        loop {
+            let page = MessageQuery {
+                after,
+                limit: 3,
+                ..q.clone()
+            };
+            let page = store.messages(&page).await.unwrap();
+            let Some(last) = page.last() else { break };
+            after = Some(last.seq);
+            paged.extend(page);
+        }
+        assert_eq!(paged, whole);
+        assert_eq!(whole.len(), if window.is_some() { 6 } else { 11 });
+    }
+}
+
+#[tokio::test]
+async fn record_queries_filter_compare_and_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let (a, b) = (ChannelId::new(), ChannelId::new());
+    let p2 = device();
+    let s = 1_000_000;
+    // Temperature and humidity at the same times, a label, and a second
+    // message with temperatures at the same times as the first's.
+    let first = Message {
+        subtopic: "x".into(),
+        ..message(
+            a,
+            T0,
+            vec![
+                number("temp", T0, 20.0),
+                number("hum", T0, 40.0),
+                number("temp", T0 + s, 22.0),
+                number("hum", T0 + s, 45.0),
+                record("label", T0 + s, Some(Value::String("x".into()))),
+                number("temp", T0 + 2 * s, 25.0),
+            ],
+        )
+    };
+    let second = Message {
+        publisher: p2,
+        subtopic: "y".into(),
+        ..message(
+            a,
+            T0,
+            vec![number("temp", T0, 30.0), number("temp", T0 + 3 * s, 18.0)],
+        )
+    };
+    let other = message(b, T0, vec![number("temp", T0, 99.0)]);
+    let seqs = append(&store, vec![first, second, other]).await;
+    let (m1, m2) = (seqs[0], seqs[1]);
+
+    let check = |q: RecordQuery, expected: Vec<(i64, u32)>| {
+        let store = &store;
+        async move {
+            let got: Vec<(i64, u32)> = store
+                .records(&q)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| (r.seq, r.index))
+                .collect();
+            assert_eq!(got, expected, "{q:?}");
+        }
+    };
+    let all = all_records(a);
+    let everything = vec![
+        (m1, 0),
+        (m1, 1),
+        (m2, 0),
+        (m1, 2),
+        (m1, 3),
+        (m1, 4),
+        (m1, 5),
+        (m2, 1),
+    ];
+    check(all.clone(), everything.clone()).await;
+    let temp = RecordQuery {
+        name: Some("temp".into()),
+        ..all.clone()
+    };
+    check(
+        temp.clone(),
+        vec![(m1, 0), (m2, 0), (m1, 2), (m1, 5), (m2, 1)],
+    )
+    .await;
+    let q = RecordQuery {
+        from: Some(T0 + s),
+        to: Some(T0 + 3 * s),
+        ..temp.clone()
+    };
+    check(q, vec![(m1, 2), (m1, 5)]).await;
+    let q = RecordQuery {
+        from: Some(T0 + s),
+        to: Some(T0 + 2 * s),
+        ..all.clone()
+    };
+    check(q, vec![(m1, 2), (m1, 3), (m1, 4)]).await;
+    let q = RecordQuery {
+        publisher: Some(p2.to_string()),
+        ..all.clone()
+    };
+    check(q, vec![(m2, 0), (m2, 1)]).await;
+    let q = RecordQuery {
+        subtopic: Some("x".into()),
+        ..temp.clone()
+    };
+    check(q, vec![(m1, 0), (m1, 2), (m1, 5)]).await;
+
+    // Comparators hold together, and never match a value that is no number.
+    use Comparator::*;
+    for (value, expected) in [
+        (vec![(Gt, 22.0)], vec![(m1, 1), (m2, 0), (m1, 3), (m1, 5)]),
+        (vec![(Ge, 22.0), (Lt, 30.0)], vec![(m1, 2), (m1, 5)]),
+        (vec![(Le, 20.0)], vec![(m1, 0), (m2, 1)]),
+        (vec![(Eq, 45.0)], vec![(m1, 3)]),
+        (vec![(Lt, 0.0)], vec![]),
+    ] {
+        check(
+            RecordQuery {
+                value,
+                ..all.clone()
+            },
+            expected,
+        )
+        .await;
+    }
+
+    // Paging, across names and within one, neither repeats nor skips.
+    let later = RecordQuery {
+        from: Some(T0 + s),
+        ..all.clone()
+    };
+    for q in [all.clone(), temp.clone(), later] {
+        let whole = store.records(&q).await.unwrap();
+        let mut paged = Vec::new();
+        let mut after = None;
+        loop {
+            let page = RecordQuery {
+                after,
+                limit: 2,
+                ..q.clone()
+            };
+            let page = store.records(&page).await.unwrap();
+            let Some(last) = page.last() else { break };
+            after = Some((columns::micros(last.record.time), last.seq, last.index));
+            paged.extend(page);
+        }
+        assert_eq!(paged, whole);
+    }
+    assert_eq!(store.records(&all).await.unwrap().len(), everything.len());
+}
+
+#[tokio::test]
+async fn aggregates_fill_epoch_aligned_buckets() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let channel = ChannelId::new();
+    let s = 1_000_000;
+    let records = vec![
+        // Bucket T0: 1, 3, 5.
+        number("temp", T0 + s, 1.0),
+        number("temp", T0 + 2 * s, 3.0),
+        number("temp", T0 + 9 * s + 999_999, 5.0),
+        // Bucket T0 + 10 s: 10 and a string, which counts but has no value.
+        number("temp", T0 + 15 * s, 10.0),
+        record("temp", T0 + 15 * s, Some(Value::String("x".into()))),
+        // Bucket T0 + 20 s: no number at all. Nothing in T0 + 30 s.
+        record("temp", T0 + 20 * s, Some(Value::Bool(true))),
+        // Bucket T0 + 40 s.
+        number("temp", T0 + 40 * s, -2.0),
+        number("temp", T0 + 41 * s, 4.0),
+        // Another name, in bucket T0.
+        number("hum", T0, 50.0),
+    ];
+    append(&store, vec![message(channel, T0, records)]).await;
+    let temp = RecordQuery {
+        name: Some("temp".into()),
+        ..all_records(channel)
+    };
+    let interval = 10 * s;
+    let check = |q: RecordQuery, agg: Aggregate, expected: Vec<(i64, u64, Option<f64>)>| {
+        let store = &store;
+        async move {
+            let got = store.aggregate(&q, agg, interval).await.unwrap();
+            let expected: Vec<Bucket> = expected
+                .into_iter()
+                .map(|(start, count, value)| Bucket {
+                    start: T0 + start * s,
+                    count,
+                    value,
+                })
+                .collect();
+            assert_eq!(got, expected, "{agg:?}");
+        }
+    };
+    use Aggregate::*;
+    check(
+        temp.clone(),
+        Count,
+        vec![
+            (0, 3, Some(3.0)),
+            (10, 2, Some(2.0)),
+            (20, 1, Some(1.0)),
+            (40, 2, Some(2.0)),
+        ],
+    )
+    .await;
+    check(
+        temp.clone(),
+        Min,
+        vec![
+            (0, 3, Some(1.0)),
+            (10, 2, Some(10.0)),
+            (20, 1, None),
+            (40, 2, Some(-2.0)),
+        ],
+    )
+    .await;
+    check(
+        temp.clone(),
+        Max,
+        vec![
+            (0, 3, Some(5.0)),
+            (10, 2, Some(10.0)),
+            (20, 1, None),
+            (40, 2, Some(4.0)),
+        ],
+    )
+    .await;
+    check(
+        temp.clone(),
+        Sum,
+        vec![
+            (0, 3, Some(9.0)),
+            (10, 2, Some(10.0)),
+            (20, 1, None),
+            (40, 2, Some(2.0)),
+        ],
+    )
+    .await;
+    check(
+        temp.clone(),
+        Avg,
+        vec![
+            (0, 3, Some(3.0)),
+            (10, 2, Some(10.0)),
+            (20, 1, None),
+            (40, 2, Some(1.0)),
+        ],
+    )
+    .await;
+    // Across names, and with the query's filters.
+    check(
+        all_records(channel),
+        Sum,
+        vec![
+            (0, 4, Some(59.0)),
+            (10, 2, Some(10.0)),
+            (20, 1, None),
+            (40, 2, Some(2.0)),
+        ],
+    )
+    .await;
+    let q = RecordQuery {
+        from: Some(T0 + 2 * s),
+        to: Some(T0 + 41 * s),
+        value: vec![(Comparator::Lt, 5.0)],
+        ..temp.clone()
+    };
+    check(q, Avg, vec![(0, 1, Some(3.0)), (40, 1, Some(-2.0))]).await;
+
+    // Before the epoch, buckets still start at multiples of the interval.
+    let old = ChannelId::new();
+    append(
+        &store,
+        vec![message(old, T0, vec![number("t", -1_500_000, 7.0)])],
+    )
+    .await;
+    let got = store
+        .aggregate(&all_records(old), Aggregate::Max, s)
+        .await
+        .unwrap();
+    assert_eq!(
+        got,
+        vec![Bucket {
+            start: -2_000_000,
+            count: 1,
+            value: Some(7.0)
+        }]
+    );
+    assert!(store.aggregate(&temp, Aggregate::Max, 0).await.is_err());
+}
+
+#[tokio::test]
+async fn expiry_removes_only_a_channels_older_messages_and_their_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let (a, b) = (ChannelId::new(), ChannelId::new());
+    // More than two chunks' worth on `a`.
+    let n = 2 * EXPIRE_CHUNK as i64 + 500;
+    let sent_a: Vec<Message> = (0..n)
+        .map(|i| {
+            message(
+                a,
+                T0 + i,
+                vec![number("t", T0, i as f64), number("u", T0 + i, 0.0)],
+            )
+        })
+        .collect();
+    let sent_b: Vec<Message> = (0..10)
+        .map(|i| message(b, T0 + i, vec![number("t", T0 + i, i as f64)]))
+        .collect();
+    append(&store, sent_a).await;
+    append(&store, sent_b).await;
+
+    let cut = n - 300;
+    assert_eq!(store.expire(a, T0 + cut).await.unwrap(), cut as u64);
+    let left = store.messages(&all_messages(a)).await.unwrap();
+    assert_eq!(left.len(), 300);
+    assert!(left.iter().all(|s| s.message.received_at >= T0 + cut));
+    let records = store.records(&all_records(a)).await.unwrap();
+    assert_eq!(records.len(), 600);
+    assert!(records.iter().all(|r| left.iter().any(|s| s.seq == r.seq)));
+    assert_eq!(store.messages(&all_messages(b)).await.unwrap().len(), 10);
+    assert_eq!(store.records(&all_records(b)).await.unwrap().len(), 10);
+
+    assert_eq!(store.expire(a, T0 + cut).await.unwrap(), 0);
+    assert_eq!(store.expire(ChannelId::new(), i64::MAX).await.unwrap(), 0);
+    // Appends made after an expiry get fresh seqs, even when it deleted the
+    // newest messages.
+    let before = store.messages(&all_messages(b)).await.unwrap();
+    assert_eq!(store.expire(b, i64::MAX).await.unwrap(), 10);
+    let seq = append(&store, vec![message(b, T0, vec![])]).await[0];
+    assert!(seq > before.last().unwrap().seq);
+}
+
+/// The plan SQLite picks for `s`, one line per step.
+fn plan(conn: &rusqlite::Connection, s: &Select) -> String {
+    let mut stmt = conn
+        .prepare(&format!("EXPLAIN QUERY PLAN {}", s.sql))
+        .unwrap();
+    let rows = stmt
+        .query_map(params_from_iter(&s.args), |r| r.get::<_, String>(3))
+        .unwrap();
+    rows.map(Result::unwrap).collect::<Vec<_>>().join("\n")
+}
+
+#[tokio::test]
+async fn queries_use_the_intended_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let path = dir.path().join("messages.db");
+    let conn = connect(&path, &KEY, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let channel = ChannelId::new();
+    let check = |s: Select, expected: &str| {
+        let plan = plan(&conn, &s);
+        assert!(plan.contains(expected), "{}\n{plan}", s.sql);
+        assert!(!plan.contains("TEMP B-TREE"), "{}\n{plan}", s.sql);
+    };
+
+    let records = all_records(channel);
+    let filtered = RecordQuery {
+        from: Some(T0),
+        to: Some(T0 + 1),
+        after: Some((T0, 3, 1)),
+        publisher: Some("device:x".into()),
+        value: vec![(Comparator::Gt, 1.0)],
+        ..records.clone()
+    };
+    for q in [records, filtered] {
+        let named = RecordQuery {
+            name: Some("temp".into()),
+            ..q.clone()
+        };
+        check(
+            read::records_sql(&named),
+            "SEARCH records USING PRIMARY KEY (channel=? AND name=?",
+        );
+        check(
+            read::aggregate_sql(&named),
+            "SEARCH records USING PRIMARY KEY (channel=? AND name=?",
+        );
+        check(
+            read::records_sql(&q),
+            "SEARCH records USING INDEX records_channel_time (channel=?",
+        );
+        check(
+            read::aggregate_sql(&q),
+            "SEARCH records USING INDEX records_channel_time (channel=?",
+        );
+    }
+    let named = RecordQuery {
+        name: Some("temp".into()),
+        from: Some(T0),
+        after: Some((T0, 3, 1)),
+        ..all_records(channel)
+    };
+    check(
+        read::records_sql(&named),
+        "(channel=? AND name=? AND (time,seq,idx)>(?,?,?))",
+    );
+
+    let messages = MessageQuery {
+        after: Some(7),
+        from: Some(T0),
+        to: Some(T0 + 1),
+        subtopic: Some("x".into()),
+        ..all_messages(channel)
+    };
+    check(
+        read::messages_sql(&messages, Some((1, 9))),
+        "SEARCH messages USING INDEX messages_channel_seq (channel=? AND rowid>? AND rowid<?)",
+    );
+    check(
+        read::window_sql(&messages).unwrap(),
+        "SEARCH messages USING COVERING INDEX messages_channel_time (channel=? AND received_at>? AND received_at<?)",
+    );
+
+    let expired = Select {
+        sql: EXPIRED.into(),
+        args: vec![channel.0.as_bytes().to_vec().into(), T0.into(), 10.into()],
+    };
+    check(
+        expired,
+        "SEARCH messages USING COVERING INDEX messages_channel_time (channel=? AND received_at<?)",
+    );
+    let delete = Select {
+        sql: "DELETE FROM records WHERE seq = ?".into(),
+        args: vec![1.into()],
+    };
+    check(delete, "SEARCH records USING INDEX records_seq (seq=?)");
+    drop(store);
+}

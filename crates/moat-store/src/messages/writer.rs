@@ -1,0 +1,348 @@
+//! The group-commit writer: one thread owns the write connection, takes
+//! every append waiting in its queue, writes them in one transaction and
+//! acknowledges them all once the commit is durable (ADR 004).
+//!
+//! The queue is a bounded tokio channel of requests, not of messages. Async
+//! callers `send().await` into it, so a full queue makes publishers wait
+//! without tying up a blocking-pool thread each; the writer thread, which is
+//! no async task, parks in `blocking_recv`. No timer ever waits for company:
+//! an idle writer commits a lone append at once, and under load batches form
+//! by themselves from the requests that arrive while the previous commit
+//! syncs.
+//!
+//! Expiry runs on this thread too, a chunk per transaction, with the appends
+//! that arrived meanwhile committed between chunks; that way it never fights
+//! the writer for SQLite's lock (a second writing connection would wait in
+//! the busy handler, polling), and it holds appends up for one chunk at most.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+
+use moat_core::ChannelId;
+use moat_core::message::Message;
+use moat_core::store::StoreError;
+use rusqlite::{Connection, TransactionBehavior, params};
+use tokio::sync::{mpsc, oneshot};
+
+use super::columns::{self, value_columns};
+use crate::backend;
+
+/// Requests the queue holds; when it is full, `append` waits (backpressure).
+const QUEUE: usize = 1024;
+/// Messages one transaction takes at most; a larger single append is never
+/// split, and goes alone.
+const MAX_BATCH: usize = 8192;
+/// Messages (with their records) one expiry transaction deletes at most.
+pub(super) const EXPIRE_CHUNK: usize = 1000;
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+enum Request {
+    Append(Append),
+    Expire(Expiry),
+}
+
+struct Append {
+    messages: Vec<Arc<Message>>,
+    reply: Reply<Vec<i64>>,
+}
+
+struct Expiry {
+    channel: ChannelId,
+    before: i64,
+    /// Messages deleted by the chunks so far.
+    deleted: u64,
+    reply: Reply<u64>,
+}
+
+/// The handle the store keeps; dropping it closes the queue, lets the thread
+/// drain what is already queued, and joins it.
+pub(super) struct Writer {
+    queue: mpsc::Sender<Request>,
+    batches: Arc<AtomicU64>,
+    // Only dropped. Declared after `queue`: fields drop in order, so the
+    // queue is closed before the join waits for the thread to see it.
+    _thread: JoinOnDrop,
+}
+
+impl Writer {
+    pub(super) fn start(conn: Connection) -> Result<Self, StoreError> {
+        let (queue, requests) = mpsc::channel(QUEUE);
+        let batches = Arc::new(AtomicU64::new(0));
+        let thread = Thread {
+            conn,
+            requests,
+            expiries: VecDeque::new(),
+            batches: Arc::clone(&batches),
+        };
+        let handle = std::thread::Builder::new()
+            .name("moat-message-writer".into())
+            .spawn(move || thread.run())
+            .map_err(|e| StoreError::Backend(format!("cannot start the message writer: {e}")))?;
+        Ok(Self {
+            queue,
+            batches,
+            _thread: JoinOnDrop(Some(handle)),
+        })
+    }
+
+    /// Queues `messages` and waits for their commit. A caller that gives up
+    /// waiting does not withdraw them: once queued, they are written.
+    pub(super) async fn append(&self, messages: Vec<Arc<Message>>) -> Result<Vec<i64>, StoreError> {
+        let (reply, done) = oneshot::channel();
+        self.request(Request::Append(Append { messages, reply }), done)
+            .await
+    }
+
+    pub(super) async fn expire(&self, channel: ChannelId, before: i64) -> Result<u64, StoreError> {
+        let (reply, done) = oneshot::channel();
+        let expiry = Expiry {
+            channel,
+            before,
+            deleted: 0,
+            reply,
+        };
+        self.request(Request::Expire(expiry), done).await
+    }
+
+    async fn request<T>(
+        &self,
+        request: Request,
+        done: oneshot::Receiver<Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        self.queue.send(request).await.map_err(|_| stopped())?;
+        done.await.map_err(|_| stopped())?
+    }
+
+    pub(super) fn batches(&self) -> u64 {
+        self.batches.load(Ordering::Relaxed)
+    }
+}
+
+fn stopped() -> StoreError {
+    StoreError::Backend("the message writer has stopped".into())
+}
+
+struct JoinOnDrop(Option<JoinHandle<()>>);
+
+impl Drop for JoinOnDrop {
+    /// Waits for the thread to write what is still queued (appends whose
+    /// callers gave up waiting: queued means written).
+    fn drop(&mut self) {
+        let Some(handle) = self.0.take() else { return };
+        if handle.join().is_err() {
+            tracing::error!("the message writer panicked");
+        }
+    }
+}
+
+/// What the writer thread owns.
+struct Thread {
+    conn: Connection,
+    requests: mpsc::Receiver<Request>,
+    /// Expiries in progress, oldest first; one chunk of the first runs after
+    /// each batch.
+    expiries: VecDeque<Expiry>,
+    batches: Arc<AtomicU64>,
+}
+
+impl Thread {
+    fn run(mut self) {
+        // An append taken from the queue that would have overflowed the
+        // batch before it; it starts the next one.
+        let mut carry: Option<Append> = None;
+        loop {
+            let first = match carry.take() {
+                Some(a) => Some(Request::Append(a)),
+                // Sleep only when there is nothing else to do; `None` means
+                // the store was dropped and the queue is drained.
+                None if self.expiries.is_empty() => match self.requests.blocking_recv() {
+                    Some(r) => Some(r),
+                    None => return,
+                },
+                None => None,
+            };
+            let (batch, size) = self.gather(first, &mut carry);
+            if !batch.is_empty() {
+                self.commit(batch, size);
+            }
+            self.expire_step();
+        }
+    }
+
+    /// Takes `first` and every request already queued, up to [`MAX_BATCH`]
+    /// messages: the appends to commit together, and their size. Expiries
+    /// join the list in progress.
+    fn gather(
+        &mut self,
+        first: Option<Request>,
+        carry: &mut Option<Append>,
+    ) -> (Vec<Append>, usize) {
+        let mut batch = Vec::new();
+        let mut size = 0;
+        let mut next = first;
+        while let Some(request) = next.take() {
+            match request {
+                Request::Append(a) if !batch.is_empty() && size + a.messages.len() > MAX_BATCH => {
+                    *carry = Some(a);
+                    break;
+                }
+                Request::Append(a) => {
+                    size += a.messages.len();
+                    batch.push(a);
+                }
+                Request::Expire(e) => self.expiries.push_back(e),
+            }
+            if size >= MAX_BATCH {
+                break;
+            }
+            // Empty or closed: either way, write what we have.
+            next = self.requests.try_recv().ok();
+        }
+        (batch, size)
+    }
+
+    /// Writes `batch` in one transaction and answers every append in it: its
+    /// seqs, or the batch's error.
+    fn commit(&mut self, batch: Vec<Append>, size: usize) {
+        match insert(&mut self.conn, &batch) {
+            Ok(seqs) => {
+                self.batches.fetch_add(1, Ordering::Relaxed);
+                metrics::histogram!("moat_message_batch_size").record(size as f64);
+                metrics::counter!("moat_messages_appended_total").increment(size as u64);
+                for (append, seqs) in batch.into_iter().zip(seqs) {
+                    // A caller that stopped waiting has nobody to tell.
+                    let _ = append.reply.send(Ok(seqs));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, messages = size, "cannot store a batch of messages");
+                metrics::counter!("moat_message_batch_failures_total").increment(1);
+                let e = e.to_string();
+                for append in batch {
+                    let _ = append.reply.send(Err(StoreError::Backend(e.clone())));
+                }
+            }
+        }
+    }
+
+    /// Runs one chunk of the oldest expiry, and answers it once a chunk
+    /// comes back short.
+    fn expire_step(&mut self) {
+        let Some(job) = self.expiries.front_mut() else {
+            return;
+        };
+        if job.reply.is_closed() {
+            // Nobody waits for it: leave the rest to the next run.
+            self.expiries.pop_front();
+            return;
+        }
+        match expire_chunk(&mut self.conn, job.channel, job.before) {
+            Ok(n) => {
+                job.deleted += n as u64;
+                if n < EXPIRE_CHUNK {
+                    let job = self.expiries.pop_front().expect("front exists");
+                    metrics::counter!("moat_messages_expired_total").increment(job.deleted);
+                    let _ = job.reply.send(Ok(job.deleted));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, channel = %job.channel, "cannot expire messages");
+                let job = self.expiries.pop_front().expect("front exists");
+                let _ = job.reply.send(Err(backend(e)));
+            }
+        }
+    }
+}
+
+const INSERT_MESSAGE: &str = "INSERT INTO messages \
+    (id, tenant, channel, subtopic, publisher, protocol, content_type, received_at, payload) \
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+
+const INSERT_RECORD: &str = "INSERT INTO records \
+    (channel, name, time, seq, idx, publisher, subtopic, unit, v, vs, vb, vd, s, ut) \
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
+
+/// Inserts every message of `batch` and its records in one transaction;
+/// returns each append's seqs once the commit is durable.
+fn insert(conn: &mut Connection, batch: &[Append]) -> rusqlite::Result<Vec<Vec<i64>>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut out = Vec::with_capacity(batch.len());
+    {
+        let mut message = tx.prepare_cached(INSERT_MESSAGE)?;
+        let mut record = tx.prepare_cached(INSERT_RECORD)?;
+        for append in batch {
+            let mut seqs = Vec::with_capacity(append.messages.len());
+            for m in &append.messages {
+                let publisher = m.publisher.to_string();
+                let seq = message.insert(params![
+                    m.id.0.as_bytes(),
+                    m.tenant_id.0.as_bytes(),
+                    m.channel_id.0.as_bytes(),
+                    m.subtopic,
+                    publisher,
+                    columns::protocol_code(m.protocol),
+                    columns::content_type_code(m.content_type),
+                    m.received_at,
+                    m.payload,
+                ])?;
+                for (idx, r) in m.records.iter().enumerate() {
+                    let v = value_columns(r.value.as_ref());
+                    record.execute(params![
+                        m.channel_id.0.as_bytes(),
+                        r.name,
+                        columns::micros(r.time),
+                        seq,
+                        idx as i64,
+                        publisher,
+                        m.subtopic,
+                        r.unit,
+                        v.v,
+                        v.vs,
+                        v.vb,
+                        v.vd,
+                        r.sum,
+                        r.update_time,
+                    ])?;
+                }
+                seqs.push(seq);
+            }
+            out.push(seqs);
+        }
+    }
+    tx.commit()?;
+    Ok(out)
+}
+
+/// Deletes up to [`EXPIRE_CHUNK`] of `channel`'s messages received before
+/// `before`, and their records, in one transaction; returns how many
+/// messages went.
+fn expire_chunk(conn: &mut Connection, channel: ChannelId, before: i64) -> rusqlite::Result<usize> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let seqs = {
+        let mut expired = tx.prepare_cached(EXPIRED)?;
+        expired
+            .query_map(
+                params![channel.0.as_bytes(), before, EXPIRE_CHUNK as i64],
+                |r| r.get::<_, i64>(0),
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()?
+    };
+    {
+        let mut records = tx.prepare_cached("DELETE FROM records WHERE seq = ?1")?;
+        let mut messages = tx.prepare_cached("DELETE FROM messages WHERE seq = ?1")?;
+        for seq in &seqs {
+            records.execute([seq])?;
+            messages.execute([seq])?;
+        }
+    }
+    tx.commit()?;
+    Ok(seqs.len())
+}
+
+/// The next chunk of messages to expire: a covering range of
+/// `messages_channel_time`.
+pub(super) const EXPIRED: &str =
+    "SELECT seq FROM messages WHERE channel = ?1 AND received_at < ?2 LIMIT ?3";
