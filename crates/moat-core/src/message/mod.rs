@@ -221,14 +221,15 @@ pub fn accept(
                 None | Some(ContentType::Json) => {}
                 Some(other) => return Err(refuse(other)),
             }
-            let doc: serde_json::Value = serde_json::from_slice(&incoming.payload)
-                .map_err(|e| Rejection::Json(e.to_string()))?;
-            // A flat object's members become records; any other JSON is kept
-            // as it is.
-            let records = if doc.is_object() {
-                senml::records_from_json_object(&incoming.payload, seconds).unwrap_or_default()
-            } else {
-                Vec::new()
+            // A flat object's members become records (one parse on the hot
+            // path); any other JSON is only validated, without building it.
+            let records = match senml::records_from_json_object(&incoming.payload, seconds) {
+                Ok(records) => records,
+                Err(_) => {
+                    serde_json::from_slice::<serde::de::IgnoredAny>(&incoming.payload)
+                        .map_err(|e| Rejection::Json(e.to_string()))?;
+                    Vec::new()
+                }
             };
             (ContentType::Json, records)
         }
