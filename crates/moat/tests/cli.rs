@@ -5,94 +5,12 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 
 use common::{ADMIN_PASSWORD, Api, Options, Server, moat_bin};
 use serde_json::Value;
 
-/// What a `moat` run left behind.
-struct Run {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("{e}: {}", self.stdout))
-    }
-}
-
-/// Runs `moat ARGS` with its own credentials file, `stdin` piped in.
-struct Cli {
-    creds: PathBuf,
-    _home: tempfile::TempDir,
-}
-
-impl Cli {
-    fn new() -> Self {
-        let home = tempfile::tempdir().unwrap();
-        Self {
-            creds: home.path().join("moat/credentials.json"),
-            _home: home,
-        }
-    }
-
-    async fn run_env(&self, args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Run {
-        let mut cmd = tokio::process::Command::new(moat_bin());
-        cmd.args(args)
-            .env("MOAT_CREDENTIALS", &self.creds)
-            .env_remove("MOAT_URL")
-            .env_remove("MOAT_CACERT")
-            .env_remove("MOAT_API_KEY")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("moat runs");
-        {
-            use tokio::io::AsyncWriteExt;
-            let mut input = child.stdin.take().unwrap();
-            input.write_all(stdin.as_bytes()).await.unwrap();
-        }
-        let out = child.wait_with_output().await.unwrap();
-        Run {
-            ok: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-
-    async fn run(&self, args: &[&str], stdin: &str) -> Run {
-        self.run_env(args, stdin, &[]).await
-    }
-
-    /// Runs and insists on success.
-    async fn ok(&self, args: &[&str]) -> Run {
-        let r = self.run(args, "").await;
-        assert!(r.ok, "moat {args:?} failed:\n{}\n{}", r.stdout, r.stderr);
-        r
-    }
-
-    async fn login(&self, server: &Server, user: &str, password: &str) {
-        let ca = server.ca_path();
-        let args = [
-            "login",
-            "--url",
-            &server.url,
-            "--cacert",
-            ca.to_str().unwrap(),
-            "--username",
-            user,
-            "--password-stdin",
-        ];
-        let r = self.run(&args, &format!("{password}\n")).await;
-        assert!(r.ok, "login failed: {}", r.stderr);
-    }
-}
+use common::cli::Cli;
 
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777

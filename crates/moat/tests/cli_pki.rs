@@ -7,107 +7,13 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 
-use common::{ADMIN_PASSWORD, Api, Server, moat_bin};
+use common::{Api, Server};
 use serde_json::{Value, json};
 
-/// What a `moat` run left behind.
-struct Run {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("{e}: {}", self.stdout))
-    }
-}
-
-/// Runs `moat ARGS`, signed in as the admin with its own credentials file.
-struct Cli {
-    creds: PathBuf,
-    _home: tempfile::TempDir,
-}
-
-impl Cli {
-    async fn admin(server: &Server) -> Self {
-        let home = tempfile::tempdir().unwrap();
-        let cli = Self {
-            creds: home.path().join("moat/credentials.json"),
-            _home: home,
-        };
-        let ca = server.ca_path();
-        let args = [
-            "login",
-            "--url",
-            &server.url,
-            "--cacert",
-            ca.to_str().unwrap(),
-            "--username",
-            "admin",
-            "--password-stdin",
-        ];
-        let r = cli.run(&args, &format!("{ADMIN_PASSWORD}\n")).await;
-        assert!(r.ok, "login failed: {}", r.stderr);
-        cli
-    }
-
-    async fn run(&self, args: &[&str], stdin: &str) -> Run {
-        let mut child = tokio::process::Command::new(moat_bin())
-            .args(args)
-            .env("MOAT_CREDENTIALS", &self.creds)
-            .env_remove("MOAT_URL")
-            .env_remove("MOAT_CACERT")
-            .env_remove("MOAT_API_KEY")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("moat runs");
-        {
-            use tokio::io::AsyncWriteExt;
-            let mut input = child.stdin.take().unwrap();
-            input.write_all(stdin.as_bytes()).await.unwrap();
-        }
-        let out = child.wait_with_output().await.unwrap();
-        Run {
-            ok: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-
-    /// Runs and insists on success.
-    async fn ok(&self, args: &[&str]) -> Run {
-        let r = self.run(args, "").await;
-        assert!(r.ok, "moat {args:?} failed:\n{}\n{}", r.stdout, r.stderr);
-        r
-    }
-
-    /// Runs with `--output json` and insists on success.
-    async fn json(&self, args: &[&str]) -> Value {
-        let mut a = args.to_vec();
-        a.extend(["--output", "json"]);
-        self.ok(&a).await.json()
-    }
-}
-
-fn openssl(dir: &Path, args: &[&str]) -> String {
-    let out = std::process::Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl runs (scripts/install-test-deps)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use common::cli::Cli;
+use common::device::openssl;
 
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
