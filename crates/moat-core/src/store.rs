@@ -289,6 +289,8 @@ pub trait Store: Send + Sync + 'static {
         before: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<Certificate>, StoreError>;
+    /// Channels that keep messages for a limited time, with their days.
+    async fn retained_channels(&self) -> Result<Vec<(ChannelId, u32)>, StoreError>;
     /// Devices in `quarantined` or `revoked` state, for the trust index.
     async fn blocked_devices(&self) -> Result<Vec<(DeviceId, DeviceState)>, StoreError>;
 

@@ -35,7 +35,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 
 pub use problem::{ApiError, Problem};
-pub use state::{AppState, Settings};
+pub use state::{AppState, Messaging, Settings};
 
 /// The largest request body accepted.
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -126,12 +126,34 @@ impl Modify for ProblemContent {
     }
 }
 
+/// Writes axum's catch-all parameters (`{*subtopic}`) as OpenAPI's plain
+/// ones (`{subtopic}`); the parameter's description says it spans segments.
+struct WildcardPaths;
+
+impl Modify for WildcardPaths {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        let wild: Vec<String> = api
+            .paths
+            .paths
+            .keys()
+            .filter(|p| p.contains("{*"))
+            .cloned()
+            .collect();
+        for path in wild {
+            if let Some(item) = api.paths.paths.remove(&path) {
+                api.paths.paths.insert(path.replace("{*", "{"), item);
+            }
+        }
+    }
+}
+
 /// The API's routes and the OpenAPI document that describes them.
 fn documented_api() -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
     let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", routes::api())
         .split_for_parts();
     ProblemContent.modify(&mut doc);
+    WildcardPaths.modify(&mut doc);
     (router, doc)
 }
 

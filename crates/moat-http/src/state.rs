@@ -8,6 +8,8 @@ use std::time::Duration;
 use metrics_exporter_prometheus::PrometheusHandle;
 use moat_core::TenantPath;
 use moat_core::ids::TenantId;
+use moat_core::message::MessageStore;
+use moat_core::message::bus::Bus;
 use moat_core::sessions::SessionRegistry;
 use moat_core::store::Store;
 use moat_core::throttle::{Policy, Throttle};
@@ -31,12 +33,22 @@ impl Default for Settings {
     }
 }
 
+/// The data path: where publishes go and stored messages are read.
+pub struct Messaging {
+    pub bus: Arc<dyn Bus>,
+    pub store: Arc<dyn MessageStore>,
+}
+
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub sessions: Arc<SessionRegistry>,
     /// Device identity: CAs, the trust index, the server certificate.
     pub pki: Arc<crate::pki::Pki>,
     pub tokens: AccessTokens,
+    /// Publishing: durable first, then live subscribers (ADR 004).
+    pub bus: Arc<dyn Bus>,
+    /// Reading stored messages back.
+    pub messages: Arc<dyn MessageStore>,
     /// Failed sign-ins per account.
     pub accounts: Throttle,
     /// Failed authentications of any kind per source address.
@@ -57,6 +69,7 @@ impl AppState {
         store: Arc<dyn Store>,
         sessions: Arc<SessionRegistry>,
         pki: Arc<crate::pki::Pki>,
+        messaging: Messaging,
         token_key: [u8; 32],
         settings: Settings,
         metrics: Option<PrometheusHandle>,
@@ -66,6 +79,8 @@ impl AppState {
             sessions,
             pki,
             tokens: AccessTokens::new(&token_key, settings.access_token_ttl),
+            bus: messaging.bus,
+            messages: messaging.store,
             accounts: Throttle::new(Policy::ACCOUNT, THROTTLE_CAPACITY),
             sources: Throttle::new(Policy::SOURCE, THROTTLE_CAPACITY),
             settings,

@@ -28,6 +28,8 @@ pub enum Purpose {
     AccessTokens,
     /// AES-256-GCM key that wraps stored secrets.
     Wrapping,
+    /// SQLCipher's key of the message database (ADR 004).
+    Messages,
 }
 
 impl Purpose {
@@ -37,6 +39,7 @@ impl Purpose {
             Purpose::AuditChain => b"moat/v1/audit-chain",
             Purpose::AccessTokens => b"moat/v1/access-tokens",
             Purpose::Wrapping => b"moat/v1/wrapping",
+            Purpose::Messages => b"moat/v1/messages",
         }
     }
 }

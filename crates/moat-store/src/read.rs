@@ -502,6 +502,29 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn retained_channels(&self) -> Result<Vec<(ChannelId, u32)>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT id, retention_days FROM channels WHERE retention_days IS NOT NULL",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?)))
+                .map_err(backend)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, days) = row.map_err(backend)?;
+                let id = id
+                    .parse::<ChannelId>()
+                    .map_err(|e| StoreError::Backend(e.to_string()))?;
+                out.push((id, days));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn blocked_devices(&self) -> Result<Vec<(DeviceId, DeviceState)>, StoreError> {
         self.read(|c| {
             let mut stmt = c

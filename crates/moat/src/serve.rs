@@ -7,21 +7,27 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use moat_core::audit::AuditChain;
+use moat_core::message::MessageStore;
 use moat_core::sessions::SessionRegistry;
 use moat_core::store::Store;
 use moat_http::pki::{Pki, PkiSettings};
 use moat_http::server::{self, ServeOptions};
-use moat_http::{AppState, Settings};
+use moat_http::{AppState, Messaging, Settings};
 use moat_pki::master::{MasterKey, Purpose};
 use moat_pki::trust::DeviceVerifier;
-use moat_store::SqliteStore;
+use moat_store::{SqliteMessageStore, SqliteStore};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::bootstrap;
 use crate::config::{Config, LogFormat, ServeArgs};
+use crate::{bootstrap, retention};
 
 pub(crate) const DB_FILE: &str = "moat.db";
+/// Messages live in their own file (ADR 004).
+pub(crate) const MESSAGES_FILE: &str = "messages.db";
+
+/// How often retention runs.
+const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::load(&args).context("reading the configuration")?;
@@ -67,10 +73,21 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         access_token_ttl: config.access_token_ttl,
         refresh_token_ttl: config.refresh_token_ttl,
     };
+    let message_store = open_messages(&config, &master)?;
+    let bus = moat_bus::LocalBus::new(Arc::clone(&message_store));
+    tokio::spawn(retention::run(
+        Arc::clone(&store),
+        Arc::clone(&message_store),
+        RETENTION_EVERY,
+    ));
     let state = AppState::new(
         store,
         Arc::clone(&sessions),
         Arc::clone(&pki),
+        Messaging {
+            bus,
+            store: message_store,
+        },
         master.derive(Purpose::AccessTokens),
         settings,
         metrics,
@@ -199,6 +216,18 @@ pub(crate) fn open_store(config: &Config, master: &MasterKey) -> anyhow::Result<
         Ok(s) => Ok(s),
         Err(moat_core::store::StoreError::WrongKey) => bail!(
             "cannot open {}: the master key is wrong, or the file is not a Moat database (check --master-key-file / MOAT_MASTER_KEY)",
+            path.display()
+        ),
+        Err(e) => Err(e).with_context(|| format!("opening {}", path.display())),
+    }
+}
+
+fn open_messages(config: &Config, master: &MasterKey) -> anyhow::Result<Arc<dyn MessageStore>> {
+    let path = config.data_dir.join(MESSAGES_FILE);
+    match SqliteMessageStore::open(&path, &master.derive(Purpose::Messages)) {
+        Ok(s) => Ok(Arc::new(s)),
+        Err(moat_core::store::StoreError::WrongKey) => bail!(
+            "cannot open {}: the master key is wrong, or the file is not a Moat message database",
             path.display()
         ),
         Err(e) => Err(e).with_context(|| format!("opening {}", path.display())),

@@ -11,6 +11,7 @@ pub mod channels;
 pub mod claims;
 pub mod devices;
 pub mod import;
+pub mod messages;
 pub mod ops;
 pub mod tenants;
 pub mod users;
@@ -69,6 +70,9 @@ pub fn api() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(claims::create, claims::list))
         .routes(routes!(claims::claim_device))
         .routes(routes!(claims::bootstrap))
+        .routes(routes!(messages::publish, messages::read::list))
+        .routes(routes!(messages::publish_subtopic))
+        .routes(routes!(messages::read::archive))
 }
 
 /// Turns `limit` and `cursor` query parameters into a list query.
@@ -120,3 +124,4 @@ pub(crate) const TAG_CHANNELS: &str = "channels";
 pub(crate) const TAG_KEYS: &str = "api keys";
 pub(crate) const TAG_AUDIT: &str = "audit";
 pub(crate) const TAG_PKI: &str = "pki";
+pub(crate) const TAG_MESSAGES: &str = "messages";
