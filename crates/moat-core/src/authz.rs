@@ -222,6 +222,11 @@ pub fn authorize_messages(
     if !tenant.contains(principal.tenant_id()) {
         return Decision::NotFound;
     }
+    // A device sees only its own tenant's channels: connections never
+    // cross tenants, and a subtenant's channels are none of its business.
+    if matches!(principal.subject, Subject::Device(_)) && tenant.tenant() != principal.tenant_id() {
+        return Decision::NotFound;
+    }
     let allowed = match (principal.subject, principal.role) {
         (Subject::Device(id), _) => connection.is_some_and(|c| {
             c.device_id == id

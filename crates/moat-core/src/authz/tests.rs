@@ -265,6 +265,10 @@ fn message_access_follows_connections_for_devices_and_roles_for_people() {
         decide(&dev, Publish, &other, Some(&conn(true, true))),
         Decision::NotFound
     );
+    // A subtenant's channel is not a device's either, though its admins
+    // above may see it.
+    let below = w.path(w.ids[3]);
+    assert_eq!(decide(&dev, Publish, &below, None), Decision::NotFound);
     for (role, publish, subscribe) in [
         (Role::Admin, true, true),
         (Role::Operator, true, true),

@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod device;
+pub mod messages;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -172,6 +173,15 @@ impl Server {
             .arg("-TERM")
             .arg(self.child.id().to_string())
             .status();
+        let _ = self.child.wait();
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, dir)
+    }
+
+    /// Kills the server with SIGKILL, as a power cut would, and waits;
+    /// returns the data directory for a restart.
+    pub fn kill(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
         let _ = self.child.wait();
         let dir = tempfile::tempdir().unwrap();
         std::mem::replace(&mut self.dir, dir)
