@@ -1,4 +1,4 @@
-//! README's curl quickstart and device-certificate section, run as written
+//! README's curl quickstart, device-certificate and messages sections, run as written
 //! against a real server: the docs a newcomer follows must work.
 
 mod common;
@@ -20,7 +20,9 @@ fn sh_block(heading: &str) -> String {
 /// The curl quickstart and the device certificate section, which continues
 /// its shell session.
 fn curl_quickstart() -> String {
-    sh_block("### 3. With curl") + &sh_block("### 4. A device with its own certificate")
+    sh_block("### 3. With curl")
+        + &sh_block("### 4. A device with its own certificate")
+        + &sh_block("### 5. Messages")
 }
 
 #[tokio::test]
@@ -51,9 +53,17 @@ async fn the_curl_quickstart_works_as_written() {
         .into_iter()
         .collect::<Result<_, _>>()
         .expect("every output is JSON");
-    let [.., devices, me] = docs.as_slice() else {
+    let [.., devices, me, ack, temps, hourly] = docs.as_slice() else {
         panic!("too few outputs: {docs:?}");
     };
+    assert_eq!(ack["records"], 2, "{ack}");
+    assert_eq!(temps["records"][0]["v"], 71.5, "{temps}");
+    assert_eq!(temps["records"][0]["u"], "Cel");
+    assert_eq!(
+        temps["records"][0]["publisher"],
+        format!("device:{}", devices["items"][0]["id"].as_str().unwrap())
+    );
+    assert_eq!(hourly["buckets"][0]["value"], 71.5, "{hourly}");
     assert_eq!(devices["items"][0]["name"], "boiler-1");
     assert_eq!(devices["items"][0]["tags"][0], "site:lyon");
     assert_eq!(me["subject"]["kind"], "device", "{me}");
