@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::Message;
+use super::{MAX_SUBTOPIC_LEN, Message, Rejection};
 use crate::ids::ChannelId;
 use crate::store::StoreError;
 
@@ -43,6 +43,33 @@ pub fn subtopic_matches(filter: &str, subtopic: &str) -> bool {
     topic.next().is_none()
 }
 
+/// Checks a subscription filter: segments as in a subtopic, except that `+`
+/// may stand for one whole segment and `#`, last, for the rest. Empty
+/// names the channel itself.
+pub fn check_filter(filter: &str) -> Result<(), &'static str> {
+    if filter.len() > MAX_SUBTOPIC_LEN {
+        return Err("longer than 256 bytes");
+    }
+    if filter.is_empty() {
+        return Ok(());
+    }
+    let last = filter.split('/').count() - 1;
+    for (i, segment) in filter.split('/').enumerate() {
+        match segment {
+            "+" => {}
+            "#" if i == last => {}
+            "#" => return Err("`#` may only be the last segment"),
+            "" => return Err("an empty segment"),
+            s if s.contains(['+', '#']) => return Err("`+` and `#` must be whole segments"),
+            s => super::check_subtopic(s).map_err(|r| match r {
+                Rejection::Subtopic(why) => why,
+                _ => "not a subtopic",
+            })?,
+        }
+    }
+    Ok(())
+}
+
 /// A live subscription; dropping it unsubscribes.
 #[async_trait]
 pub trait Subscription: Send {
@@ -66,7 +93,28 @@ pub trait Bus: Send + Sync + 'static {
 
 #[cfg(test)]
 mod tests {
+    use super::check_filter;
     use super::subtopic_matches as m;
+
+    #[test]
+    fn filters_are_subtopics_with_whole_segment_wildcards() {
+        for ok in ["", "a", "a/b", "+", "#", "a/+", "a/#", "+/b/#", "+/+"] {
+            assert_eq!(check_filter(ok), Ok(()), "{ok:?}");
+        }
+        for bad in [
+            "a//b",
+            "/a",
+            "a/",
+            "#/a",
+            "a/#/b",
+            "a+",
+            "a/b#",
+            "a/\u{1}",
+            &"x".repeat(257),
+        ] {
+            assert!(check_filter(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn filters_match_like_mqtt() {
