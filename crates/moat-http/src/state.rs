@@ -22,6 +22,8 @@ use crate::problem::ApiError;
 pub struct Settings {
     pub access_token_ttl: Duration,
     pub refresh_token_ttl: Duration,
+    /// How often WebSockets are pinged and their credentials checked.
+    pub websocket_ping: Duration,
 }
 
 impl Default for Settings {
@@ -29,6 +31,7 @@ impl Default for Settings {
         Self {
             access_token_ttl: Duration::from_secs(3600),
             refresh_token_ttl: Duration::from_secs(30 * 24 * 3600),
+            websocket_ping: Duration::from_secs(30),
         }
     }
 }

@@ -46,6 +46,10 @@ pub(crate) struct Config {
     /// working beside its successor.
     #[serde(with = "humantime_serde")]
     pub(crate) rotation_overlap: Duration,
+    /// How often WebSockets are pinged; a client that has not answered by
+    /// the next ping is gone, and credentials and rights are checked again.
+    #[serde(with = "humantime_serde")]
+    pub(crate) websocket_ping_interval: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -70,6 +74,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             device_cert_validity: Duration::from_secs(365 * 24 * 3600),
             rotation_overlap: Duration::from_secs(7 * 24 * 3600),
+            websocket_ping_interval: Duration::from_secs(30),
         }
     }
 }
@@ -89,6 +94,7 @@ const FIELDS: &[&str] = &[
     "log_format",
     "device_cert_validity",
     "rotation_overlap",
+    "websocket_ping_interval",
 ];
 
 /// Flags of `moat serve`; each one, when given, wins over file and environment.

@@ -31,6 +31,9 @@ const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::load(&args).context("reading the configuration")?;
+    if config.websocket_ping_interval < Duration::from_millis(100) {
+        bail!("websocket_ping_interval must be at least 100ms");
+    }
     init_logging(config.log_format);
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
@@ -72,6 +75,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let settings = Settings {
         access_token_ttl: config.access_token_ttl,
         refresh_token_ttl: config.refresh_token_ttl,
+        websocket_ping: config.websocket_ping_interval,
     };
     let message_store = open_messages(&config, &master)?;
     let bus = moat_bus::LocalBus::new(Arc::clone(&message_store));

@@ -568,3 +568,66 @@ async fn a_message_beyond_the_limit_closes_the_socket_with_1009() {
     let e = next_of(&mut ws, "error").await;
     assert_eq!(e["status"], 413, "{e}");
 }
+
+#[tokio::test]
+async fn apps_lose_their_sockets_when_their_credentials_or_rights_go() {
+    // Pings (and the checks that come with them) every 200 ms.
+    let server = Server::start_with(common::Options {
+        env: vec![
+            ("MOAT_ADMIN_PASSWORD".into(), common::ADMIN_PASSWORD.into()),
+            ("MOAT_WEBSOCKET_PING_INTERVAL".into(), "200ms".into()),
+        ],
+        ..common::Options::default()
+    });
+    let admin = Api::bearer(&server, &server.admin_token().await);
+    let channel = admin
+        .create("/channels", json!({"name": "telemetry"}))
+        .await;
+    let tenant = admin.get("/auth/whoami").await.body["tenant_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // A user disabled.
+    let viewer = common::user_in(&server, &admin, &tenant, "watcher", "viewer").await;
+    let mut ws = connect(&server, &channel, "", viewer.auth.as_deref()).await;
+    let me = viewer.get("/auth/whoami").await.body["subject"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = admin
+        .patch(&format!("/users/{me}"), json!({"disabled": true}))
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let frame = close_frame(&mut ws, Duration::from_secs(3)).await;
+    assert_eq!(u16::from(frame.code), 1008, "{frame:?}");
+    assert_eq!(frame.reason.as_str(), "access withdrawn");
+
+    // An API key revoked.
+    let key = admin
+        .post("/apikeys", json!({"name": "dashboard", "role": "viewer"}))
+        .await;
+    assert_eq!(key.status, 201, "{key:?}");
+    let token = key.body["token"].as_str().unwrap();
+    let mut ws = connect(&server, &channel, "", Some(&format!("Bearer {token}"))).await;
+    let id = key.body["key"]["id"].as_str().unwrap();
+    assert_eq!(admin.delete(&format!("/apikeys/{id}")).await.status, 204);
+    let frame = close_frame(&mut ws, Duration::from_secs(3)).await;
+    assert_eq!(frame.reason.as_str(), "access withdrawn", "{frame:?}");
+
+    // A device disconnected from the channel.
+    let (device_id, device_key) = device(
+        &admin,
+        &channel,
+        "meter",
+        Some(json!({"publish": false, "subscribe": true})),
+    )
+    .await;
+    let mut ws = connect(&server, &channel, "", Some(&format!("Device {device_key}"))).await;
+    let r = admin
+        .delete(&format!("/channels/{channel}/connections/{device_id}"))
+        .await;
+    assert_eq!(r.status, 204, "{r:?}");
+    let frame = close_frame(&mut ws, Duration::from_secs(3)).await;
+    assert_eq!(frame.reason.as_str(), "access withdrawn", "{frame:?}");
+}

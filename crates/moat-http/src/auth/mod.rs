@@ -284,6 +284,50 @@ pub async fn refuse(
 }
 
 impl Caller {
+    /// The caller as it stands now, for connections that outlive their
+    /// request (WebSockets): `None` once its credential no longer works — a
+    /// user disabled, deleted or signed out everywhere after `since`, an API
+    /// key revoked or expired, a device no longer active or its key
+    /// withdrawn. A user's changed role is picked up.
+    pub async fn current(
+        &self,
+        state: &AppState,
+        since: chrono::DateTime<Utc>,
+    ) -> Result<Option<Caller>, ApiError> {
+        let now = Utc::now();
+        let role = match self.principal.subject {
+            Subject::User(id) => match state.store.user(id).await? {
+                Some(u) if !u.disabled && u.sessions_valid_after <= since => Some(u.role),
+                _ => return Ok(None),
+            },
+            Subject::ApiKey(id) => match state.store.api_key(id).await? {
+                Some(k) if k.is_usable(now) => Some(k.role),
+                _ => return Ok(None),
+            },
+            Subject::Device(id) => {
+                match state.store.device(id).await? {
+                    Some(d) if d.state == DeviceState::Active => {}
+                    _ => return Ok(None),
+                }
+                if let DeviceCredential::Key(key) = &self.credential {
+                    match state.store.device_key(*key).await? {
+                        Some(k) if k.is_usable(now) => {}
+                        _ => return Ok(None),
+                    }
+                }
+                None
+            }
+        };
+        Ok(Some(Caller {
+            principal: authz::Principal {
+                role,
+                ..self.principal.clone()
+            },
+            source: self.source,
+            credential: self.credential.clone(),
+        }))
+    }
+
     pub fn actor(&self) -> String {
         self.principal.subject.to_string()
     }

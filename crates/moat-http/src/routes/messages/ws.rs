@@ -48,9 +48,6 @@ pub const QUEUE: usize = 1024;
 /// The largest WebSocket message (and frame) a client may send: the
 /// largest payload, base64-encoded, with room for the envelope around it.
 pub const MAX_MESSAGE: usize = message::MAX_PAYLOAD.div_ceil(3) * 4 + 64 * 1024;
-/// How often the server pings; a client that has not answered one ping by
-/// the next is gone.
-pub const PING_INTERVAL: Duration = Duration::from_secs(30);
 /// A write the client does not take within this has stalled the socket.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a socket the server closes waits for the client's close frame.
@@ -99,12 +96,14 @@ pub struct LiveParams {
 /// once the previous publish is acknowledged or refused. A message may be
 /// at most about 1.4 MB (a 1 MiB payload in base64 plus its envelope).
 ///
-/// **Closing.** The server pings every 30 s and closes a socket that has
+/// **Closing.** The server pings every 30 s (`websocket_ping_interval`) and closes a socket that has
 /// not answered by the next ping. A subscriber that falls 1024 messages
 /// behind is closed with code 1008, `slow consumer`; a device's socket
 /// closes with 1008 when the device is revoked or quarantined or its key
-/// is withdrawn, and any socket with 1008, `access withdrawn`, when the
-/// caller loses the rights it subscribed with.
+/// is withdrawn, and, at the next ping, any socket with 1008, `access
+/// withdrawn`, when the caller loses the rights it subscribed with or its
+/// credential stops working (a user disabled or signed out everywhere, an
+/// API key revoked).
 #[utoipa::path(get, path = "/channels/{id}/messages/ws", tag = TAG_MESSAGES,
     params(("id" = ChannelId, Path), LiveParams),
     responses((status = 101, description = "Switched to the WebSocket protocol"),
@@ -146,6 +145,7 @@ pub async fn live(
         rights,
         sub,
         session,
+        opened: Utc::now(),
     };
     Ok(upgrade
         .max_message_size(MAX_MESSAGE)
@@ -321,6 +321,9 @@ struct Live {
     /// Live messages, for callers that may subscribe.
     sub: Option<Box<dyn Subscription>>,
     session: Session,
+    /// When the socket opened: a user signed out everywhere after it loses
+    /// the socket too.
+    opened: chrono::DateTime<Utc>,
 }
 
 /// Why a socket ended.
@@ -392,8 +395,12 @@ async fn serve(mut socket: WebSocket, mut live: Live) {
 
 impl Live {
     async fn run(&mut self, socket: &mut WebSocket) -> End {
-        let start = tokio::time::Instant::now() + PING_INTERVAL;
-        let mut ping = tokio::time::interval_at(start, PING_INTERVAL);
+        // How often the server pings (`websocket_ping_interval`, 30 s by
+        // default); a client that has not answered one ping by the next is
+        // gone.
+        let every = self.s.settings.websocket_ping;
+        let start = tokio::time::Instant::now() + every;
+        let mut ping = tokio::time::interval_at(start, every);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut awaiting_pong = false;
         // At most one publish at a time; while it is under way the socket
@@ -451,13 +458,21 @@ impl Live {
         }
     }
 
-    /// Whether the caller still holds the rights the socket was opened
+    /// Whether the caller's credential still works (a user's role as it is
+    /// now) and the caller still holds the rights the socket was opened
     /// with: a subscriber must still be allowed to subscribe, a publisher
     /// to publish (each publish is checked anew too). A device disconnected
     /// from the channel, or a channel deleted, ends the socket; a store
     /// that cannot answer ends nothing. (`&mut`: the subscription inside
     /// is `Send` but not `Sync`.)
     async fn still_allowed(&mut self) -> bool {
+        match self.caller.current(&self.s, self.opened).await {
+            Ok(Some(now)) => self.caller = Arc::new(now),
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::warn!(status = %e.status, "could not check a websocket's credential");
+            }
+        }
         match decide(&self.s, &self.caller, self.channel).await {
             Ok(Some((_, now))) => now.subscribe || (now.publish && !self.rights.subscribe),
             Ok(None) => false,
