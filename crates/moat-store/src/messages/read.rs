@@ -231,9 +231,22 @@ pub(super) fn records(conn: &Connection, q: &RecordQuery) -> Result<Vec<StoredRe
 /// Every matching record's time and numeric value, in time order: the
 /// buckets are folded from this stream as it comes, where a `GROUP BY` on
 /// the bucket would sort the whole range first.
+/// With a name, one primary-key range in time order. Without, the channel's
+/// whole primary-key range (`INDEXED BY` its automatic index): name by name, each in time
+/// order. Walking `records_channel_time` instead would give time order for
+/// the price of a lookup into the table for every row's value, scattered
+/// over the file: thirty times slower over ten million records.
 pub(super) fn aggregate_sql(q: &RecordQuery) -> Select {
-    let mut s = record_filter("SELECT time, v FROM records", q);
-    s.and_some("time >= ?", q.from).then("ORDER BY time");
+    let head = if q.name.is_some() {
+        "SELECT time, v FROM records"
+    } else {
+        "SELECT time, v FROM records INDEXED BY sqlite_autoindex_records_1"
+    };
+    let mut s = record_filter(head, q);
+    s.and_some("time >= ?", q.from);
+    if q.name.is_some() {
+        s.then("ORDER BY time");
+    }
     s
 }
 
@@ -251,7 +264,10 @@ pub(super) fn aggregate(
     let s = aggregate_sql(q);
     let mut stmt = conn.prepare_cached(&s.sql).map_err(backend)?;
     let mut rows = stmt.query(params_from_iter(&s.args)).map_err(backend)?;
-    let mut out = Vec::new();
+    // Rows come in time order within each name: the running bucket is
+    // usually the one a row belongs to, and the map is touched only when
+    // the bucket changes.
+    let mut buckets: std::collections::BTreeMap<i64, Acc> = std::collections::BTreeMap::new();
     let mut acc: Option<Acc> = None;
     while let Some(row) = rows.next().map_err(backend)? {
         let time: i64 = row.get(0).map_err(backend)?;
@@ -261,15 +277,23 @@ pub(super) fn aggregate(
         match &mut acc {
             Some(a) if a.start == start => a.add(v),
             _ => {
-                out.extend(acc.take().map(|a| a.bucket(agg)));
-                let mut a = Acc::new(start);
+                if let Some(done) = acc.take() {
+                    park(&mut buckets, done);
+                }
+                let mut a = buckets.remove(&start).unwrap_or_else(|| Acc::new(start));
                 a.add(v);
                 acc = Some(a);
             }
         }
     }
-    out.extend(acc.map(|a| a.bucket(agg)));
-    Ok(out)
+    if let Some(done) = acc {
+        park(&mut buckets, done);
+    }
+    Ok(buckets.into_values().map(|a| a.bucket(agg)).collect())
+}
+
+fn park(buckets: &mut std::collections::BTreeMap<i64, Acc>, a: Acc) {
+    buckets.insert(a.start, a);
 }
 
 /// One bucket's running aggregate.

@@ -718,7 +718,7 @@ async fn queries_use_the_intended_indexes() {
         );
         check(
             read::aggregate_sql(&q),
-            "SEARCH records USING INDEX records_channel_time (channel=?",
+            "SEARCH records USING PRIMARY KEY (channel=?",
         );
     }
     let named = RecordQuery {
