@@ -15,7 +15,7 @@ mod read;
 mod writer;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -48,6 +48,27 @@ pub struct SqliteMessageStore {
     // await.
     readers: Arc<Vec<Mutex<Connection>>>,
     next_reader: AtomicUsize,
+    /// Reads stopped because their caller went away.
+    cancelled: Arc<AtomicU64>,
+}
+
+/// SQLite virtual-machine steps between checks of a read's cancellation:
+/// a few milliseconds of work.
+const CANCEL_CHECK_STEPS: i32 = 10_000;
+
+/// Marks a read cancelled when its future is dropped before it finished
+/// (a request that timed out, a client that went away).
+struct CancelOnDrop {
+    cancel: Arc<AtomicBool>,
+    done: bool,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if !self.done {
+            self.cancel.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 impl SqliteMessageStore {
@@ -76,6 +97,7 @@ impl SqliteMessageStore {
             writer: Writer::start(conn)?,
             readers: Arc::new(readers),
             next_reader: AtomicUsize::new(0),
+            cancelled: Arc::default(),
         })
     }
 
@@ -85,19 +107,46 @@ impl SqliteMessageStore {
         self.writer.batches()
     }
 
-    /// Runs `f` on a reader connection on the blocking pool.
+    /// Reads that were stopped because their caller stopped waiting.
+    pub fn cancelled_reads(&self) -> u64 {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// Runs `f` on a reader connection on the blocking pool. Should the
+    /// caller stop waiting (its future dropped: a request timed out, a
+    /// client went away), SQLite interrupts the statement within a few
+    /// milliseconds, rather than finishing a long aggregate for nobody
+    /// while it holds a reader and a core.
     async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let readers = Arc::clone(&self.readers);
         let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % readers.len();
-        tokio::task::spawn_blocking(move || {
+        let mut guard = CancelOnDrop {
+            cancel: Arc::new(AtomicBool::new(false)),
+            done: false,
+        };
+        let cancel = Arc::clone(&guard.cancel);
+        let cancelled = Arc::clone(&self.cancelled);
+        let result = tokio::task::spawn_blocking(move || {
             let conn = readers[i].lock().unwrap_or_else(|p| p.into_inner());
-            f(&conn)
+            let flag = Arc::clone(&cancel);
+            conn.progress_handler(
+                CANCEL_CHECK_STEPS,
+                Some(move || flag.load(Ordering::Relaxed)),
+            );
+            let out = f(&conn);
+            conn.progress_handler(0, None::<fn() -> bool>);
+            if cancel.load(Ordering::Relaxed) {
+                cancelled.fetch_add(1, Ordering::Relaxed);
+            }
+            out
         })
         .await
-        .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))?
+        .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))?;
+        guard.done = true;
+        result
     }
 }
 

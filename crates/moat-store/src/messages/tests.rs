@@ -763,3 +763,35 @@ async fn queries_use_the_intended_indexes() {
     check(delete, "SEARCH records USING INDEX records_seq (seq=?)");
     drop(store);
 }
+
+#[tokio::test]
+async fn a_read_whose_caller_stops_waiting_is_interrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let channel = ChannelId::new();
+    let batch = (0..2000)
+        .map(|i| message(channel, T0 + i, vec![number("temp", T0 + i * 1000, 1.0)]))
+        .collect();
+    append(&store, batch).await;
+    let q = all_records(channel);
+    // Dropped at once: the read runs with its cancellation already set.
+    let gone =
+        tokio::time::timeout(Duration::ZERO, store.aggregate(&q, Aggregate::Sum, 1000)).await;
+    assert!(gone.is_err(), "the read did not finish in no time");
+    for _ in 0..500 {
+        if store.cancelled_reads() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(store.cancelled_reads(), 1);
+    // Every reader still answers, in full.
+    for _ in 0..super::READERS {
+        let buckets = store
+            .aggregate(&q, Aggregate::Count, 1_000_000_000)
+            .await
+            .unwrap();
+        assert_eq!(buckets.iter().map(|b| b.count).sum::<u64>(), 2000);
+    }
+    assert_eq!(store.cancelled_reads(), 1);
+}
