@@ -73,7 +73,10 @@ pub fn api() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(messages::publish, messages::read::list))
         .routes(routes!(messages::publish_subtopic))
         .routes(routes!(messages::read::archive))
-        .routes(routes!(messages::ws::live, messages::ws::publish_ws_subtopic))
+        .routes(routes!(
+            messages::ws::live,
+            messages::ws::publish_ws_subtopic
+        ))
 }
 
 /// Turns `limit` and `cursor` query parameters into a list query.
