@@ -631,3 +631,25 @@ async fn apps_lose_their_sockets_when_their_credentials_or_rights_go() {
     let frame = close_frame(&mut ws, Duration::from_secs(3)).await;
     assert_eq!(frame.reason.as_str(), "access withdrawn", "{frame:?}");
 }
+
+#[tokio::test]
+async fn a_client_that_does_not_answer_pings_is_closed() {
+    let server = Server::start_with(common::Options {
+        env: vec![
+            ("MOAT_ADMIN_PASSWORD".into(), common::ADMIN_PASSWORD.into()),
+            ("MOAT_WEBSOCKET_PING_INTERVAL".into(), "200ms".into()),
+        ],
+        ..common::Options::default()
+    });
+    let admin = Api::bearer(&server, &server.admin_token().await);
+    let channel = admin
+        .create("/channels", json!({"name": "telemetry"}))
+        .await;
+    let mut ws = connect(&server, &channel, "", admin.auth.as_deref()).await;
+    // tungstenite answers a ping only while the socket is read: not reading
+    // for a few intervals is a client that went silent.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let frame = close_frame(&mut ws, Duration::from_secs(5)).await;
+    assert_eq!(u16::from(frame.code), 1008, "{frame:?}");
+    assert_eq!(frame.reason.as_str(), "no answer to ping");
+}
