@@ -38,6 +38,7 @@
 //! # Ok::<(), moat_mqtt::FilterError>(())
 //! ```
 
+pub mod protocol;
 mod trie;
 
 pub use trie::{
