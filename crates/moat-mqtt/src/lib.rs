@@ -1,12 +1,12 @@
-//! Moat's MQTT adapter; this far, topic routing.
+//! Moat's MQTT adapter; this far, topic routing and the packet guard.
 //!
-//! The broker of issue 5 will grow here (listeners, sessions, retained
-//! messages, the access checks that call into `moat-core`). Its first brick
-//! is [`SubscriptionTrie`]: given a PUBLISH topic name, it finds every
+//! The broker of issue 5 grows here (listeners, sessions, retained
+//! messages, the access checks that call into `moat-core`) on
+//! mqtt-protocol-core's server connection (ADR 005), behind
+//! [`protocol`]'s guard. Its first brick is [`SubscriptionTrie`]: given a PUBLISH topic name, it finds every
 //! subscription whose topic filter matches, with the MQTT 3.1.1 and 5.0
 //! rules for wildcards, `$` topics and shared subscriptions (OASIS MQTT 5.0
-//! §4.7 and §4.8.2). The protocol codec is not chosen yet, so nothing here
-//! parses packets: the trie is generic over the subscriber id and the
+//! §4.7 and §4.8.2), generic over the subscriber id and the
 //! per-subscription data (QoS, subscription identifier, no-local...).
 //!
 //! ```
@@ -38,11 +38,13 @@
 //! # Ok::<(), moat_mqtt::FilterError>(())
 //! ```
 
+mod deliveries;
 pub mod protocol;
+mod topic;
 mod trie;
 
-pub use trie::{
-    Deliveries, Delivery, FilterError, MAX_TOPIC_LEN, Match, SharedGroup, Subscribed,
-    SubscriptionOptions, SubscriptionTrie, TopicFilter, TopicNameError, check_filter,
-    check_topic_name,
+pub use deliveries::{Deliveries, Delivery, SubscriptionOptions};
+pub use topic::{
+    FilterError, MAX_TOPIC_LEN, TopicFilter, TopicNameError, check_filter, check_topic_name,
 };
+pub use trie::{Match, SharedGroup, Subscribed, SubscriptionTrie};

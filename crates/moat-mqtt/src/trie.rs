@@ -32,131 +32,7 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// The longest topic name or filter, in bytes: MQTT strings carry a
-/// two-byte length (§1.5.4).
-pub const MAX_TOPIC_LEN: usize = 65_535;
-
-/// Why a topic name (the topic of a PUBLISH) is not acceptable (§4.7.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum TopicNameError {
-    #[error("topic name is empty")]
-    Empty,
-    #[error("topic name is {len} bytes long, the limit is 65535")]
-    TooLong { len: usize },
-    #[error("topic name contains the null character U+0000")]
-    NullCharacter,
-    #[error("topic name contains the wildcard '{0}'")]
-    Wildcard(char),
-}
-
-/// Why a topic filter (of a SUBSCRIBE or UNSUBSCRIBE) is not acceptable
-/// (§4.7.1, §4.7.3, §4.8.2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum FilterError {
-    #[error("topic filter is empty")]
-    Empty,
-    #[error("topic filter is {len} bytes long, the limit is 65535")]
-    TooLong { len: usize },
-    #[error("topic filter contains the null character U+0000")]
-    NullCharacter,
-    #[error("'#' must be the whole of the last level of a topic filter")]
-    MisplacedMultiLevelWildcard,
-    #[error("'+' must be the whole of a topic filter level")]
-    MisplacedSingleLevelWildcard,
-    #[error("shared subscription has an empty share name")]
-    EmptyShareName,
-    #[error("share name contains a wildcard")]
-    WildcardInShareName,
-    #[error("shared subscription has no topic filter after its share name")]
-    MissingSharedFilter,
-}
-
-/// A validated topic filter, split into its share name and the filter
-/// proper.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TopicFilter<'a> {
-    /// The `{ShareName}` of `$share/{ShareName}/{filter}`, if shared.
-    pub share_name: Option<&'a str>,
-    /// The filter that topics are matched against, without the `$share`
-    /// part.
-    pub filter: &'a str,
-}
-
-/// Checks a topic name: non-empty, at most 65,535 bytes, no U+0000 and no
-/// wildcard (§4.7.3, §1.5.4). Names starting with `$` are valid here;
-/// whether a client may publish to them is the broker's decision.
-pub fn check_topic_name(topic: &str) -> Result<(), TopicNameError> {
-    if topic.is_empty() {
-        return Err(TopicNameError::Empty);
-    }
-    if topic.len() > MAX_TOPIC_LEN {
-        return Err(TopicNameError::TooLong { len: topic.len() });
-    }
-    match topic.bytes().find(|b| matches!(b, 0 | b'+' | b'#')) {
-        None => Ok(()),
-        Some(0) => Err(TopicNameError::NullCharacter),
-        Some(b) => Err(TopicNameError::Wildcard(char::from(b))),
-    }
-}
-
-/// Checks a topic filter and splits off its share name (§4.7.1, §4.7.3,
-/// §4.8.2). A filter whose first level is `$share` is always read as a
-/// shared subscription, for MQTT 3.1.1 clients too, as other brokers do.
-pub fn check_filter(filter: &str) -> Result<TopicFilter<'_>, FilterError> {
-    if filter.is_empty() {
-        return Err(FilterError::Empty);
-    }
-    if filter.len() > MAX_TOPIC_LEN {
-        return Err(FilterError::TooLong { len: filter.len() });
-    }
-    if filter.contains('\0') {
-        return Err(FilterError::NullCharacter);
-    }
-    let parsed = split_share(filter);
-    if let Some(name) = parsed.share_name {
-        if name.is_empty() {
-            return Err(FilterError::EmptyShareName);
-        }
-        // A '/' cannot be in the name: the first one after it ends it.
-        if name.contains(['+', '#']) {
-            return Err(FilterError::WildcardInShareName);
-        }
-        if parsed.filter.is_empty() {
-            return Err(FilterError::MissingSharedFilter);
-        }
-    }
-    let mut levels = parsed.filter.split('/').peekable();
-    while let Some(level) = levels.next() {
-        match level {
-            "+" => {}
-            "#" if levels.peek().is_none() => {}
-            _ if level.contains('#') => return Err(FilterError::MisplacedMultiLevelWildcard),
-            _ if level.contains('+') => return Err(FilterError::MisplacedSingleLevelWildcard),
-            _ => {}
-        }
-    }
-    Ok(parsed)
-}
-
-/// Splits `$share/{name}/{filter}` without validating it: a bare `$share`
-/// or `$share/name` gives an empty filter, which [`check_filter`] rejects.
-fn split_share(filter: &str) -> TopicFilter<'_> {
-    let rest = match filter.strip_prefix("$share") {
-        Some("") => "",
-        Some(rest) if rest.starts_with('/') => &rest[1..],
-        _ => {
-            return TopicFilter {
-                share_name: None,
-                filter,
-            };
-        }
-    };
-    let (name, filter) = rest.split_once('/').unwrap_or((rest, ""));
-    TopicFilter {
-        share_name: Some(name),
-        filter,
-    }
-}
+use crate::topic::{FilterError, check_filter, split_share};
 
 /// Where a filter's subscriptions are kept.
 struct Placement<'a> {
@@ -522,9 +398,9 @@ impl<S: Copy + Eq + Hash, T> SubscriptionTrie<S, T> {
     /// Calls `f` once per subscription matching `topic`: every plain one,
     /// and one member, in round-robin turn, of each matching shared group.
     /// A subscriber matched by several filters is called once per filter
-    /// ([`Deliveries`] folds those). The order is unspecified.
+    /// ([`Deliveries`](crate::Deliveries) folds those). The order is unspecified.
     ///
-    /// `topic` should have passed [`check_topic_name`]; matching an invalid
+    /// `topic` should have passed [`check_topic_name`](crate::check_topic_name); matching an invalid
     /// one is harmless but meaningless.
     pub fn matches(&self, topic: &str, mut f: impl FnMut(S, &T)) {
         self.matches_with_groups(topic, |m| match m {
@@ -721,89 +597,6 @@ impl Pending {
         }
         self.len = self.len.checked_sub(1)?;
         Some(self.inline[self.len])
-    }
-}
-
-/// What [`Deliveries`] needs to know of a subscription's data.
-pub trait SubscriptionOptions {
-    /// The subscription's maximum QoS: 0, 1 or 2.
-    fn qos(&self) -> u8;
-    /// The MQTT 5 subscription identifier, if the SUBSCRIBE carried one.
-    fn subscription_identifier(&self) -> Option<u32>;
-}
-
-/// One subscriber's copy of a message, folded from all its matching
-/// subscriptions.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Delivery<S> {
-    pub subscriber: S,
-    /// The highest QoS among the matching subscriptions (the message's own
-    /// QoS still caps it).
-    pub qos: u8,
-    /// Each distinct identifier of the matching subscriptions; their order
-    /// is not significant (§3.3.4).
-    pub subscription_identifiers: Vec<u32>,
-}
-
-/// Folds per-filter matches into one delivery per subscriber, as MQTT 5
-/// allows (§3.3.4): the highest QoS and all subscription identifiers.
-/// Per-subscription rules such as no-local are the caller's to apply before
-/// [`add`](Self::add). Reusable across publishes through
-/// [`clear`](Self::clear).
-#[derive(Debug)]
-pub struct Deliveries<S> {
-    position: HashMap<S, usize>,
-    deliveries: Vec<Delivery<S>>,
-}
-
-impl<S: Copy + Eq + Hash> Default for Deliveries<S> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl<S: Copy + Eq + Hash> Deliveries<S> {
-    pub fn new() -> Self {
-        Self {
-            position: HashMap::new(),
-            deliveries: Vec::new(),
-        }
-    }
-
-    pub fn add(&mut self, subscriber: S, options: &impl SubscriptionOptions) {
-        let index = *self.position.entry(subscriber).or_insert_with(|| {
-            self.deliveries.push(Delivery {
-                subscriber,
-                qos: 0,
-                subscription_identifiers: Vec::new(),
-            });
-            self.deliveries.len() - 1
-        });
-        let delivery = &mut self.deliveries[index];
-        delivery.qos = delivery.qos.max(options.qos());
-        if let Some(id) = options.subscription_identifier() {
-            if !delivery.subscription_identifiers.contains(&id) {
-                delivery.subscription_identifiers.push(id);
-            }
-        }
-    }
-
-    /// The deliveries, in the order their subscribers were first added.
-    pub fn as_slice(&self) -> &[Delivery<S>] {
-        &self.deliveries
-    }
-
-    pub fn len(&self) -> usize {
-        self.deliveries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.deliveries.is_empty()
-    }
-
-    pub fn clear(&mut self) {
-        self.position.clear();
-        self.deliveries.clear();
     }
 }
 

@@ -8,6 +8,8 @@ use std::sync::atomic::AtomicU64;
 use proptest::prelude::*;
 
 use super::*;
+use crate::deliveries::{Deliveries, Delivery, SubscriptionOptions};
+use crate::topic::{MAX_TOPIC_LEN, TopicFilter, TopicNameError, check_topic_name};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Options {
