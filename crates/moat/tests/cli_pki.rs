@@ -13,7 +13,7 @@ use common::{Api, Server};
 use serde_json::{Value, json};
 
 use common::cli::Cli;
-use common::device::openssl;
+use common::device::{OwnCa, openssl};
 
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
@@ -29,29 +29,6 @@ fn csr(cn: &str) -> String {
     let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     p.distinguished_name.push(rcgen::DnType::CommonName, cn);
     p.serialize_request(&key).unwrap().pem().unwrap()
-}
-
-/// A CA of a tenant's own, and a certificate it signs for `cn`.
-fn own_ca(name: &str) -> (rcgen::KeyPair, rcgen::Certificate) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.distinguished_name.push(rcgen::DnType::CommonName, name);
-    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    p.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-    ];
-    let cert = p.self_signed(&key).unwrap();
-    (key, cert)
-}
-
-fn signed_by(ca: &(rcgen::KeyPair, rcgen::Certificate), cn: &str) -> String {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.distinguished_name.push(rcgen::DnType::CommonName, cn);
-    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-    let issuer = rcgen::Issuer::from_ca_cert_der(ca.1.der(), &ca.0).unwrap();
-    p.signed_by(&key, &issuer).unwrap().pem()
 }
 
 /// A serial as openssl prints it compared with the API's (hex, any case,
@@ -292,9 +269,9 @@ async fn certificates_cas_and_crls_from_the_command_line() {
     let code = cli.ok(&["pki", "ca", "registration-code"]).await.stdout;
     let code = code.trim();
     assert_eq!(code.len(), 32, "{code}");
-    let own = own_ca("ACME factory CA");
-    std::fs::write(d.join("own.pem"), own.1.pem()).unwrap();
-    std::fs::write(d.join("proof.pem"), signed_by(&own, code)).unwrap();
+    let own = OwnCa::new("ACME factory CA");
+    std::fs::write(d.join("own.pem"), own.cert.pem()).unwrap();
+    std::fs::write(d.join("proof.pem"), own.sign(code, 0, 1).0).unwrap();
     let registered = cli
         .json(&[
             "pki",

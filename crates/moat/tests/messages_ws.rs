@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::device::{client_config as cert_client_config, openssl_csr};
+use common::messages::{Publisher, device, publish};
 use common::{Api, Server};
 use futures_util::{SinkExt, StreamExt};
 use rustls_pki_types::ServerName;
@@ -135,38 +136,18 @@ async fn send_json(ws: &mut Ws, v: Value) {
     ws.send(Message::text(v.to_string())).await.unwrap();
 }
 
-/// A device with a key, connected to `channel` with `rights` unless `None`;
-/// returns its id and key.
-async fn device(admin: &Api, channel: &str, name: &str, rights: Option<Value>) -> (String, String) {
-    let id = admin.create("/devices", json!({"name": name})).await;
-    let key = admin.post(&format!("/devices/{id}/keys"), json!({})).await;
-    assert_eq!(key.status, 201, "{key:?}");
-    if let Some(rights) = rights {
-        let r = admin
-            .put(&format!("/channels/{channel}/connections/{id}"), rights)
-            .await;
-        assert_eq!(r.status, 200, "{r:?}");
-    }
-    (id, key.body["token"].as_str().unwrap().to_owned())
-}
-
 /// Publishes over HTTP, as a device does; asserts 202.
 async fn http_publish(server: &Server, auth: &str, channel: &str, subtopic: &str, body: &str) {
-    let path = if subtopic.is_empty() {
-        format!("/channels/{channel}/messages")
-    } else {
-        format!("/channels/{channel}/messages/{subtopic}")
-    };
-    let r = server
-        .client()
-        .post(server.api(&path))
-        .header("authorization", auth)
-        .header("content-type", "application/senml+json")
-        .body(body.to_owned())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    let r = publish(
+        server,
+        auth,
+        channel,
+        subtopic,
+        "application/senml+json",
+        body.to_owned(),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{r:?}");
 }
 
 async fn setup() -> (Server, Api, String) {
@@ -182,13 +163,10 @@ async fn setup() -> (Server, Api, String) {
 async fn apps_receive_what_devices_publish_filtered_by_subtopic() {
     let (server, admin, channel) = setup().await;
     let token = admin.auth.clone().unwrap();
-    let (device_id, key) = device(
-        &admin,
-        &channel,
-        "meter",
-        Some(json!({"publish": true, "subscribe": false})),
-    )
-    .await;
+    let Publisher {
+        device: device_id,
+        key,
+    } = device(&admin, &channel, "meter", true, false).await;
     let mut all = connect(&server, &channel, "", Some(&token)).await;
     // `+` in a query string is a space: it travels as %2B.
     let mut filtered = connect(&server, &channel, "?subtopic=a/%2B", Some(&token)).await;
@@ -349,21 +327,18 @@ async fn publishes_over_the_socket_are_acknowledged_once_stored() {
 #[tokio::test]
 async fn rights_decide_who_connects_publishes_and_receives() {
     let (server, admin, channel) = setup().await;
-    let (_, publisher) = device(
-        &admin,
-        &channel,
-        "pub-only",
-        Some(json!({"publish": true, "subscribe": false})),
-    )
-    .await;
-    let (_, reader) = device(
-        &admin,
-        &channel,
-        "sub-only",
-        Some(json!({"publish": false, "subscribe": true})),
-    )
-    .await;
-    let (_, stranger) = device(&admin, &channel, "unconnected", None).await;
+    let Publisher {
+        device: _,
+        key: publisher,
+    } = device(&admin, &channel, "pub-only", true, false).await;
+    let Publisher {
+        device: _,
+        key: reader,
+    } = device(&admin, &channel, "sub-only", false, true).await;
+    let Publisher {
+        device: _,
+        key: stranger,
+    } = device(&admin, &channel, "unconnected", false, false).await;
 
     // A publish-only device may connect and publish, but hears nothing.
     let mut p = connect(&server, &channel, "", Some(&format!("Device {publisher}"))).await;
@@ -474,13 +449,7 @@ async fn a_request_that_is_no_upgrade_gets_a_problem_document() {
 #[tokio::test]
 async fn revoking_a_device_closes_its_socket() {
     let (server, admin, channel) = setup().await;
-    let (id, key) = device(
-        &admin,
-        &channel,
-        "meter",
-        Some(json!({"publish": true, "subscribe": true})),
-    )
-    .await;
+    let Publisher { device: id, key } = device(&admin, &channel, "meter", true, true).await;
     let mut ws = connect(&server, &channel, "", Some(&format!("Device {key}"))).await;
     send_json(
         &mut ws,
@@ -616,13 +585,10 @@ async fn apps_lose_their_sockets_when_their_credentials_or_rights_go() {
     assert_eq!(frame.reason.as_str(), "access withdrawn", "{frame:?}");
 
     // A device disconnected from the channel.
-    let (device_id, device_key) = device(
-        &admin,
-        &channel,
-        "meter",
-        Some(json!({"publish": false, "subscribe": true})),
-    )
-    .await;
+    let Publisher {
+        device: device_id,
+        key: device_key,
+    } = device(&admin, &channel, "meter", false, true).await;
     let mut ws = connect(&server, &channel, "", Some(&format!("Device {device_key}"))).await;
     let r = admin
         .delete(&format!("/channels/{channel}/connections/{device_id}"))
