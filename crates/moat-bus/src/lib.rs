@@ -19,14 +19,16 @@ use tokio::sync::mpsc;
 
 struct Subscriber {
     id: u64,
-    filter: Filter,
+    /// `None`: every message of every channel.
+    filter: Option<Filter>,
     tx: mpsc::Sender<Arc<Message>>,
     cut_off: Arc<AtomicBool>,
 }
 
 #[derive(Default)]
 struct Registry {
-    by_channel: HashMap<ChannelId, Vec<Subscriber>>,
+    /// Keyed by channel; `None` holds the subscribers to every channel.
+    by_channel: HashMap<Option<ChannelId>, Vec<Subscriber>>,
 }
 
 pub struct LocalBus {
@@ -60,16 +62,16 @@ impl LocalBus {
         let mut full = Vec::new();
         {
             let reg = self.read();
+            let every = reg.by_channel.get(&None);
             for m in messages {
-                let Some(subs) = reg.by_channel.get(&m.channel_id) else {
-                    continue;
-                };
-                for s in subs.iter().filter(|s| s.filter.matches(m)) {
+                let subs = reg.by_channel.get(&Some(m.channel_id));
+                let subs = subs.into_iter().chain(every).flatten();
+                for s in subs.filter(|s| s.filter.as_ref().is_none_or(|f| f.matches(m))) {
                     match s.tx.try_send(Arc::clone(m)) {
                         Ok(()) => {}
                         Err(mpsc::error::TrySendError::Full(_)) => {
                             s.cut_off.store(true, Ordering::Relaxed);
-                            full.push((s.filter.channel, s.id));
+                            full.push((s.filter.as_ref().map(|f| f.channel), s.id));
                         }
                         // Gone: its drop unsubscribes it.
                         Err(mpsc::error::TrySendError::Closed(_)) => {}
@@ -84,7 +86,7 @@ impl LocalBus {
     }
 }
 
-fn remove(registry: &RwLock<Registry>, channel: ChannelId, id: u64) {
+fn remove(registry: &RwLock<Registry>, channel: Option<ChannelId>, id: u64) {
     let mut reg = registry
         .write()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -105,10 +107,20 @@ impl Bus for LocalBus {
     }
 
     fn subscribe(&self, filter: Filter, capacity: usize) -> Box<dyn Subscription> {
+        self.add(Some(filter), capacity)
+    }
+
+    fn subscribe_all(&self, capacity: usize) -> Box<dyn Subscription> {
+        self.add(None, capacity)
+    }
+}
+
+impl LocalBus {
+    fn add(&self, filter: Option<Filter>, capacity: usize) -> Box<dyn Subscription> {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let cut_off = Arc::new(AtomicBool::new(false));
-        let channel = filter.channel;
+        let channel = filter.as_ref().map(|f| f.channel);
         self.registry
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -135,7 +147,7 @@ struct Local {
     rx: mpsc::Receiver<Arc<Message>>,
     cut_off: Arc<AtomicBool>,
     registry: Weak<RwLock<Registry>>,
-    channel: ChannelId,
+    channel: Option<ChannelId>,
     id: u64,
 }
 

@@ -109,3 +109,39 @@ async fn a_slow_subscriber_is_cut_off_and_the_others_carry_on() {
     assert!(slow.recv().await.is_none(), "no silent gap: it ends");
     assert_eq!(bus.subscribers(), 1);
 }
+
+#[tokio::test]
+async fn a_subscriber_to_every_channel_gets_them_all_and_leaves_on_drop() {
+    let bus = LocalBus::new(Arc::new(Memory::default()));
+    let (a, b) = (ChannelId::new(), ChannelId::new());
+    let mut all = bus.subscribe_all(8);
+    let mut only_a = bus.subscribe(
+        Filter {
+            channel: a,
+            subtopic: None,
+        },
+        8,
+    );
+    bus.publish(vec![message(a, "x"), message(b, "y")])
+        .await
+        .unwrap();
+    assert_eq!(all.recv().await.unwrap().channel_id, a);
+    assert_eq!(all.recv().await.unwrap().channel_id, b);
+    assert_eq!(only_a.recv().await.unwrap().channel_id, a);
+    assert_eq!(bus.subscribers(), 2);
+    drop(all);
+    assert_eq!(bus.subscribers(), 1);
+}
+
+#[tokio::test]
+async fn a_full_subscriber_to_every_channel_is_cut_off() {
+    let bus = LocalBus::new(Arc::new(Memory::default()));
+    let mut all = bus.subscribe_all(1);
+    let c = ChannelId::new();
+    bus.publish(vec![message(c, "1"), message(c, "2")])
+        .await
+        .unwrap();
+    assert!(all.recv().await.is_none());
+    assert!(all.cut_off());
+    assert_eq!(bus.subscribers(), 0);
+}

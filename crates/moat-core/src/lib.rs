@@ -9,6 +9,7 @@
 //! - input from outside is checked by [`validate`] before it becomes a domain value.
 
 pub mod audit;
+pub mod authn;
 pub mod authz;
 pub mod credential;
 pub mod domain;

@@ -10,6 +10,11 @@ pub trait SubscriptionOptions {
     fn qos(&self) -> u8;
     /// The MQTT 5 subscription identifier, if the SUBSCRIBE carried one.
     fn subscription_identifier(&self) -> Option<u32>;
+    /// MQTT 5 Retain As Published: forward the RETAIN flag as the
+    /// publisher set it (§3.8.3.1).
+    fn retain_as_published(&self) -> bool {
+        false
+    }
 }
 
 /// One subscriber's copy of a message, folded from all its matching
@@ -23,6 +28,8 @@ pub struct Delivery<S> {
     /// Each distinct identifier of the matching subscriptions; their order
     /// is not significant (§3.3.4).
     pub subscription_identifiers: Vec<u32>,
+    /// Whether any matching subscription asked for Retain As Published.
+    pub retain_as_published: bool,
 }
 
 /// Folds per-filter matches into one delivery per subscriber, as MQTT 5
@@ -56,11 +63,13 @@ impl<S: Copy + Eq + Hash> Deliveries<S> {
                 subscriber,
                 qos: 0,
                 subscription_identifiers: Vec::new(),
+                retain_as_published: false,
             });
             self.deliveries.len() - 1
         });
         let delivery = &mut self.deliveries[index];
         delivery.qos = delivery.qos.max(options.qos());
+        delivery.retain_as_published |= options.retain_as_published();
         if let Some(id) = options.subscription_identifier() {
             if !delivery.subscription_identifiers.contains(&id) {
                 delivery.subscription_identifiers.push(id);

@@ -38,13 +38,21 @@
 //! # Ok::<(), moat_mqtt::FilterError>(())
 //! ```
 
+mod broker;
+mod connection;
 mod deliveries;
+pub mod platform_topics;
 pub mod protocol;
+pub mod server;
 mod topic;
 mod trie;
+
+pub use broker::{Broker, BrokerConfig};
+pub use connection::{Peer, serve};
 
 pub use deliveries::{Deliveries, Delivery, SubscriptionOptions};
 pub use topic::{
     FilterError, MAX_TOPIC_LEN, TopicFilter, TopicNameError, check_filter, check_topic_name,
+    filter_matches,
 };
 pub use trie::{Match, SharedGroup, Subscribed, SubscriptionTrie};

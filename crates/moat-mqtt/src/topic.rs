@@ -126,3 +126,25 @@ pub(crate) fn split_share(filter: &str) -> TopicFilter<'_> {
         filter,
     }
 }
+
+/// Whether `filter` (a plain filter, without `$share/{group}/`) matches
+/// the topic name `topic` (§4.7): `+` one level, `#` the rest including
+/// the parent level, and wildcards at the first level never match a
+/// topic starting with `$` (§4.7.2). The trie does the same for many
+/// filters at once; this is for one filter against stored topics (retained
+/// messages).
+pub fn filter_matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && filter.starts_with(['+', '#']) {
+        return false;
+    }
+    let mut t = topic.split('/');
+    for f in filter.split('/') {
+        match (f, t.next()) {
+            ("#", _) => return true,
+            ("+", Some(_)) => {}
+            (f, Some(level)) if f == level => {}
+            _ => return false,
+        }
+    }
+    t.next().is_none()
+}

@@ -50,6 +50,39 @@ pub(crate) struct Config {
     /// the next ping is gone, and credentials and rights are checked again.
     #[serde(with = "humantime_serde")]
     pub(crate) websocket_ping_interval: Duration,
+    /// MQTT over TLS listen address (client certificates, or device id and
+    /// device key as user name and password).
+    pub(crate) mqtt_listen: SocketAddr,
+    /// Plain MQTT listen address, used only with `insecure_dev`.
+    pub(crate) mqtt_plain_listen: SocketAddr,
+    /// Development only, and only with `insecure_dev`: anonymous MQTT
+    /// clients and topics outside `channels/…` and `devices/…` (routed
+    /// between MQTT clients, never stored), so that third-party MQTT
+    /// conformance suites run unchanged.
+    pub(crate) mqtt_open_topics: bool,
+    /// Open MQTT connections over all MQTT listeners.
+    pub(crate) mqtt_max_connections: usize,
+    /// The largest MQTT packet a client may send, in bytes (announced as
+    /// Maximum Packet Size).
+    pub(crate) mqtt_max_packet_size: u32,
+    /// QoS 1 and 2 messages a client may have unacknowledged toward the
+    /// broker (Receive Maximum); more is DISCONNECT 0x93.
+    pub(crate) mqtt_receive_maximum: u16,
+    /// QoS 1 and 2 messages the broker keeps unacknowledged toward one
+    /// client (the client's own Receive Maximum may lower it).
+    pub(crate) mqtt_max_inflight: u16,
+    /// Messages queued per MQTT session, online or offline; beyond it new
+    /// ones are dropped and counted (`moat_mqtt_dropped_total`).
+    pub(crate) mqtt_max_queued: usize,
+    /// The longest session expiry granted to a persistent MQTT session.
+    #[serde(with = "humantime_serde")]
+    pub(crate) mqtt_max_session_expiry: Duration,
+    /// The longest MQTT keep-alive granted, in seconds; a client asking
+    /// more (or none) is told this Server Keep Alive.
+    pub(crate) mqtt_max_keep_alive: u16,
+    /// PUBLISHes per second one MQTT client may send (0: no limit); beyond
+    /// it the broker reads from that client more slowly.
+    pub(crate) mqtt_publish_rate: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -75,6 +108,17 @@ impl Default for Config {
             device_cert_validity: Duration::from_secs(365 * 24 * 3600),
             rotation_overlap: Duration::from_secs(7 * 24 * 3600),
             websocket_ping_interval: Duration::from_secs(30),
+            mqtt_listen: "0.0.0.0:8883".parse().expect("a valid address"),
+            mqtt_plain_listen: "127.0.0.1:1883".parse().expect("a valid address"),
+            mqtt_open_topics: false,
+            mqtt_max_connections: 100_000,
+            mqtt_max_packet_size: moat_mqtt::BrokerConfig::default().max_packet_size,
+            mqtt_receive_maximum: 100,
+            mqtt_max_inflight: 100,
+            mqtt_max_queued: 1000,
+            mqtt_max_session_expiry: Duration::from_secs(24 * 3600),
+            mqtt_max_keep_alive: 1200,
+            mqtt_publish_rate: 1000,
         }
     }
 }
@@ -95,6 +139,17 @@ const FIELDS: &[&str] = &[
     "device_cert_validity",
     "rotation_overlap",
     "websocket_ping_interval",
+    "mqtt_listen",
+    "mqtt_plain_listen",
+    "mqtt_open_topics",
+    "mqtt_max_connections",
+    "mqtt_max_packet_size",
+    "mqtt_receive_maximum",
+    "mqtt_max_inflight",
+    "mqtt_max_queued",
+    "mqtt_max_session_expiry",
+    "mqtt_max_keep_alive",
+    "mqtt_publish_rate",
 ];
 
 /// Flags of `moat serve`; each one, when given, wins over file and environment.
@@ -120,6 +175,19 @@ pub(crate) struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) plain_listen: Option<SocketAddr>,
+    /// MQTT over TLS listen address [default: 0.0.0.0:8883].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) mqtt_listen: Option<SocketAddr>,
+    /// Plain MQTT listen address with --insecure-dev [default: 127.0.0.1:1883].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) mqtt_plain_listen: Option<SocketAddr>,
+    /// With --insecure-dev only: anonymous MQTT clients and arbitrary
+    /// topics, for MQTT conformance suites. Never in production.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) mqtt_open_topics: bool,
     /// The master key file [default: <data-dir>/master.key].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -135,6 +203,22 @@ pub(crate) struct ServeArgs {
 }
 
 impl Config {
+    /// The broker's settings.
+    pub(crate) fn broker(&self) -> moat_mqtt::BrokerConfig {
+        moat_mqtt::BrokerConfig {
+            max_connections: self.mqtt_max_connections,
+            max_packet_size: self.mqtt_max_packet_size,
+            receive_maximum: self.mqtt_receive_maximum,
+            max_inflight: self.mqtt_max_inflight,
+            max_queued: self.mqtt_max_queued,
+            max_session_expiry: self.mqtt_max_session_expiry,
+            max_keep_alive: self.mqtt_max_keep_alive,
+            publish_rate: self.mqtt_publish_rate,
+            open_topics: self.mqtt_open_topics && self.insecure_dev,
+            ..moat_mqtt::BrokerConfig::default()
+        }
+    }
+
     /// Defaults, then the file, then the environment, then the flags.
     pub(crate) fn load(args: &ServeArgs) -> Result<Self, Box<figment::Error>> {
         Self::figment(args, Env::prefixed("MOAT_").only(FIELDS))

@@ -5,6 +5,7 @@ mod audit_verify;
 mod bootstrap;
 mod client;
 mod config;
+mod mqtt;
 mod retention;
 mod serve;
 

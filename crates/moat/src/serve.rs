@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::{Config, LogFormat, ServeArgs};
-use crate::{bootstrap, retention};
+use crate::{bootstrap, mqtt, retention};
 
 pub(crate) const DB_FILE: &str = "moat.db";
 /// Messages live in their own file (ADR 004).
@@ -33,6 +33,9 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::load(&args).context("reading the configuration")?;
     if config.websocket_ping_interval < Duration::from_millis(100) {
         bail!("websocket_ping_interval must be at least 100ms");
+    }
+    if config.mqtt_open_topics && !config.insecure_dev {
+        bail!("mqtt_open_topics is for development only and needs --insecure-dev");
     }
     init_logging(config.log_format);
     std::fs::create_dir_all(&config.data_dir)
@@ -66,6 +69,11 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         verifier,
         &[b"h2", b"http/1.1"],
     )?;
+    let mqtt_tls = moat_pki::tls::listener_config(
+        Arc::clone(&pki.server_cert),
+        DeviceVerifier::new(Arc::clone(&pki.index), false),
+        &[b"mqtt"],
+    )?;
     tokio::spawn(renew_server_cert(Arc::clone(&pki)));
 
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -84,6 +92,13 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Arc::clone(&message_store),
         RETENTION_EVERY,
     ));
+    let broker = moat_mqtt::Broker::new(
+        config.broker(),
+        Arc::clone(&store),
+        Arc::clone(&bus) as Arc<dyn moat_core::message::bus::Bus>,
+        Arc::clone(&sessions),
+    );
+    broker.start();
     let state = AppState::new(
         store,
         Arc::clone(&sessions),
@@ -109,6 +124,46 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         sessions: Some(sessions),
     };
     let mut servers = tokio::task::JoinSet::new();
+    let mqtt_opts = moat_mqtt::server::ListenerOptions {
+        tls: Some(mqtt_tls),
+        identify: Some(Arc::new(mqtt::PkiIdentify(Arc::clone(&pki)))),
+        handshake_timeout: Duration::from_secs(10),
+        drain_timeout: Duration::from_secs(10),
+    };
+    if config.insecure_dev {
+        let plain = TcpListener::bind(config.mqtt_plain_listen)
+            .await
+            .with_context(|| format!("binding plain MQTT on {}", config.mqtt_plain_listen))?;
+        let addr = plain.local_addr()?;
+        eprintln!("\n  !!! INSECURE: plain, unencrypted MQTT is on at {addr} (--insecure-dev).");
+        if config.mqtt_open_topics {
+            eprintln!("  !!! --mqtt-open-topics: anonymous MQTT clients may use any topic.");
+        }
+        tracing::warn!(%addr, open_topics = config.mqtt_open_topics, "insecure plain MQTT listener is on");
+        println!("mqtt plain listening on {addr}");
+        let opts = moat_mqtt::server::ListenerOptions {
+            tls: None,
+            identify: None,
+            ..mqtt_opts.clone()
+        };
+        servers.spawn(moat_mqtt::server::run(
+            plain,
+            Arc::clone(&broker),
+            opts,
+            stop_rx.clone(),
+        ));
+    }
+    let mqtt_listener = TcpListener::bind(config.mqtt_listen)
+        .await
+        .with_context(|| format!("binding MQTT on {}", config.mqtt_listen))?;
+    let addr = mqtt_listener.local_addr()?;
+    println!("mqtt listening on {addr}");
+    servers.spawn(moat_mqtt::server::run(
+        mqtt_listener,
+        Arc::clone(&broker),
+        mqtt_opts,
+        stop_rx.clone(),
+    ));
     if config.insecure_dev {
         let plain = TcpListener::bind(config.plain_listen)
             .await

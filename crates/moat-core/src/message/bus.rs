@@ -89,6 +89,10 @@ pub trait Bus: Send + Sync + 'static {
     /// Subscribes with a queue of `capacity` messages; a subscriber whose
     /// queue is full is cut off rather than slowing the others.
     fn subscribe(&self, filter: Filter, capacity: usize) -> Box<dyn Subscription>;
+    /// Subscribes to every message of every channel, for an adapter that
+    /// routes on its own (the MQTT broker's subscription trie). Same queue
+    /// and cut-off rules as [`subscribe`](Self::subscribe).
+    fn subscribe_all(&self, capacity: usize) -> Box<dyn Subscription>;
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use chrono::Utc;
 use moat_core::audit::{AuditRecord, Outcome};
+use moat_core::authn;
 use moat_core::authz::{self, Action, Decision, Principal, Resource, Subject};
 use moat_core::credential::{self, TokenKind};
 use moat_core::{ApiKeyId, DeviceKeyId, DeviceState};
@@ -120,20 +121,22 @@ impl From<moat_core::store::StoreError> for Failure {
     }
 }
 
+impl From<authn::DeviceAuthError> for Failure {
+    fn from(e: authn::DeviceAuthError) -> Self {
+        match e {
+            authn::DeviceAuthError::Refused(r) => refused(r.kind, r.reason),
+            authn::DeviceAuthError::Store(e) => e.into(),
+        }
+    }
+}
+
 fn refused(kind: &'static str, reason: &'static str) -> Failure {
     Failure::Refused { kind, reason }
 }
 
 /// A device that presented a known client certificate; it must be active.
 async fn device_principal(state: &AppState, id: moat_core::DeviceId) -> Result<Principal, Failure> {
-    let device = state
-        .store
-        .device(id)
-        .await?
-        .ok_or(refused("client_certificate", "device deleted"))?;
-    if device.state != DeviceState::Active {
-        return Err(refused("client_certificate", "device is not active"));
-    }
+    let device = authn::active_device(state.store.as_ref(), id, "client_certificate").await?;
     let tenant = state
         .tenant_path(device.tenant_id)
         .await
@@ -183,27 +186,7 @@ async fn authenticate(
             ))
         }
         ("Device", Some(TokenKind::DeviceKey)) => {
-            let (id, secret) = credential::parse(TokenKind::DeviceKey, token)
-                .ok_or(refused("device_key", "malformed device key"))?;
-            let key = state
-                .store
-                .device_key(DeviceKeyId(id))
-                .await?
-                .ok_or(refused("device_key", "unknown device key"))?;
-            if !credential::verify(&secret, &key.secret_hash) {
-                return Err(refused("device_key", "wrong device key secret"));
-            }
-            if !key.is_usable(now) {
-                return Err(refused("device_key", "device key revoked or expired"));
-            }
-            let device = state
-                .store
-                .device(key.device_id)
-                .await?
-                .ok_or(refused("device_key", "device deleted"))?;
-            if device.state != DeviceState::Active {
-                return Err(refused("device_key", "device is not active"));
-            }
+            let (device, key) = authn::device_key(state.store.as_ref(), token, None, now).await?;
             let tenant = state
                 .tenant_path(device.tenant_id)
                 .await
@@ -214,7 +197,7 @@ async fn authenticate(
                     tenant,
                     role: None,
                 },
-                DeviceCredential::Key(key.id),
+                DeviceCredential::Key(key),
             ))
         }
         ("Bearer", None) => {

@@ -421,12 +421,14 @@ fn overlapping_filters_match_once_each_3_3_4() {
             Delivery {
                 subscriber: 1,
                 qos: 2,
-                subscription_identifiers: vec![1, 2]
+                subscription_identifiers: vec![1, 2],
+                retain_as_published: false,
             },
             Delivery {
                 subscriber: 2,
                 qos: 0,
-                subscription_identifiers: vec![]
+                subscription_identifiers: vec![],
+                retain_as_published: false,
             },
         ]
     );
@@ -787,4 +789,20 @@ fn reference_matcher_follows_the_spec_examples() {
     assert!(!reference_matches("#", "$SYS/x"));
     assert!(reference_matches("$SYS/#", "$SYS/x"));
     assert!(!reference_matches("a/b/#", "a"));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2048))]
+
+    /// The single-filter matcher (retained messages) agrees with the
+    /// reference, hence with the trie.
+    #[test]
+    fn filter_matches_agrees_with_the_reference(filter in filter_strategy(), topic in topic_strategy()) {
+        let plain = crate::check_filter(&filter).unwrap().filter;
+        prop_assert_eq!(
+            crate::topic::filter_matches(plain, &topic),
+            reference_matches(plain, &topic),
+            "filter {:?} topic {:?}", plain, topic
+        );
+    }
 }

@@ -1,0 +1,373 @@
+//! The broker's shared state: sessions by client id, the subscription trie,
+//! retained messages, and the tap on the platform bus through which
+//! messages published over HTTP, WebSocket or CoAP reach MQTT subscribers.
+//!
+//! Each connection task (`crate::connection`) owns its protocol state; what
+//! outlives a connection — a persistent session's subscriptions, queue and
+//! unacknowledged packets — lives in [`Session`], held here.
+//!
+//! Routing never waits: each session has a bounded queue, and a message for
+//! a full queue is dropped and counted (`moat_mqtt_dropped_total`), so a
+//! slow subscriber neither stalls the others nor grows memory.
+
+mod access;
+mod publish;
+mod retained;
+mod session;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use moat_core::message::Message;
+use moat_core::message::bus::Bus;
+use moat_core::sessions::SessionRegistry;
+use moat_core::store::Store;
+use moat_core::throttle::{Policy, Throttle};
+use mqtt_protocol_core::mqtt::ArcPayload;
+use mqtt_protocol_core::mqtt::packet::{
+    ContentType, PayloadFormat, PayloadFormatIndicator, Property,
+};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use crate::deliveries::{Deliveries, SubscriptionOptions};
+use crate::platform_topics;
+use crate::trie::SubscriptionTrie;
+
+pub(crate) use access::{DecisionCache, PublishTarget};
+pub(crate) use publish::{
+    expiry_of, forwarded, rejection_code, routed_topic, session_live, to_message,
+};
+pub(crate) use retained::Retained;
+pub(crate) use session::{ClientKey, Session, Will};
+
+/// The broker's limits and switches; the binary fills it from its
+/// configuration.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// Open MQTT connections, over every listener together.
+    pub max_connections: usize,
+    /// The largest packet a client may send (fixed header included), and
+    /// the Maximum Packet Size the CONNACK announces.
+    pub max_packet_size: u32,
+    /// Unacknowledged QoS 1 and 2 PUBLISHes a client may have in flight
+    /// to the broker (Receive Maximum in the CONNACK; more is DISCONNECT
+    /// 0x93).
+    pub receive_maximum: u16,
+    /// Unacknowledged QoS 1 and 2 PUBLISHes the broker keeps in flight to
+    /// a client (the client's own Receive Maximum lowers it).
+    pub max_inflight: u16,
+    /// Messages queued per session, online or offline; beyond it new
+    /// messages for that session are dropped and counted.
+    pub max_queued: usize,
+    /// The longest Session Expiry Interval granted; MQTT 3.1.1 persistent
+    /// sessions (clean session 0) get this.
+    pub max_session_expiry: Duration,
+    /// The longest keep-alive granted; a client asking more, or none, gets
+    /// this as the MQTT 5 Server Keep Alive.
+    pub max_keep_alive: u16,
+    /// PUBLISHes per second a client may send; beyond it the broker stops
+    /// reading from that client until the rate falls (backpressure).
+    /// 0 means unlimited.
+    pub publish_rate: u32,
+    /// Topic aliases a client may set up (Topic Alias Maximum).
+    pub topic_alias_maximum: u16,
+    /// How long a new connection has to send CONNECT.
+    pub connect_timeout: Duration,
+    /// Development only: anonymous clients, and any topic outside the
+    /// platform's (routed between MQTT clients, never stored).
+    pub open_topics: bool,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 100_000,
+            max_packet_size: (moat_core::message::MAX_PAYLOAD + 64 * 1024) as u32,
+            receive_maximum: 100,
+            max_inflight: 100,
+            max_queued: 1000,
+            max_session_expiry: Duration::from_secs(24 * 3600),
+            max_keep_alive: 1200,
+            publish_rate: 1000,
+            topic_alias_maximum: 64,
+            connect_timeout: Duration::from_secs(10),
+            open_topics: false,
+        }
+    }
+}
+
+/// A message on its way to subscribers: shared by every delivery of it.
+#[derive(Debug)]
+pub(crate) struct Routed {
+    /// The canonical topic name.
+    pub topic: Arc<str>,
+    pub payload: ArcPayload,
+    pub qos: u8,
+    pub retain: bool,
+    /// MQTT 5 properties that travel with the message: payload format,
+    /// content type, response topic, correlation data, user properties.
+    pub props: Vec<Property>,
+    /// From the Message Expiry Interval: dropped, not sent, once past.
+    pub expires_at: Option<Instant>,
+    /// The session that published it (for no-local); `None` from other
+    /// protocols.
+    pub origin: Option<u64>,
+}
+
+impl Routed {
+    /// A message published over another protocol, as MQTT subscribers
+    /// receive it: the channel topic, its payload, and on MQTT 5 its
+    /// content type.
+    fn from_message(m: &Message) -> Self {
+        let payload: Arc<[u8]> = Arc::from(m.payload.as_slice());
+        let len = payload.len();
+        let mut props = Vec::new();
+        if let Ok(ct) = ContentType::new(m.content_type.as_str()) {
+            props.push(Property::ContentType(ct));
+        }
+        if matches!(
+            m.content_type,
+            moat_core::message::ContentType::Json | moat_core::message::ContentType::SenmlJson
+        ) {
+            if let Ok(p) = PayloadFormatIndicator::new(PayloadFormat::String) {
+                props.push(Property::PayloadFormatIndicator(p));
+            }
+        }
+        Self {
+            topic: platform_topics::channel_topic(m.channel_id, &m.subtopic).into(),
+            payload: ArcPayload::new(payload, 0, len),
+            qos: 1,
+            retain: false,
+            props,
+            expires_at: None,
+            origin: None,
+        }
+    }
+}
+
+/// One session's copy of a routed message.
+#[derive(Debug, Clone)]
+pub(crate) struct Delivery {
+    pub msg: Arc<Routed>,
+    /// min(message QoS, the best matching subscription's QoS).
+    pub qos: u8,
+    /// The RETAIN flag to send: set for retained messages sent on
+    /// subscribe, and for live ones to a retain-as-published subscription.
+    pub retain: bool,
+    pub subscription_ids: Vec<u32>,
+}
+
+/// A subscription's options as the trie keeps them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SubOptions {
+    pub qos: u8,
+    pub no_local: bool,
+    pub retain_as_published: bool,
+    /// 0 send retained on subscribe, 1 only on a new subscription, 2 never.
+    pub retain_handling: u8,
+    pub id: Option<u32>,
+}
+
+impl SubscriptionOptions for SubOptions {
+    fn qos(&self) -> u8 {
+        self.qos
+    }
+    fn subscription_identifier(&self) -> Option<u32> {
+        self.id
+    }
+    fn retain_as_published(&self) -> bool {
+        self.retain_as_published
+    }
+}
+
+pub struct Broker {
+    pub(crate) config: BrokerConfig,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) bus: Arc<dyn Bus>,
+    pub(crate) registry: Arc<SessionRegistry>,
+    /// Open connections over all listeners.
+    pub(crate) connections: Arc<Semaphore>,
+    /// Failed logins per source address, as HTTP counts them.
+    pub(crate) sources: Throttle,
+    next_session: AtomicU64,
+    /// Sessions by client key, online or not.
+    clients: Mutex<HashMap<ClientKey, Arc<Session>>>,
+    /// Sessions by their numeric id, which the trie stores.
+    by_id: RwLock<HashMap<u64, Arc<Session>>>,
+    pub(crate) trie: RwLock<SubscriptionTrie<u64, SubOptions>>,
+    pub(crate) retained: Retained,
+    /// Wills waiting for their delay, by session id.
+    delayed_wills: Mutex<HashMap<u64, Will>>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Messages the bus tap may hold before the broker reads them: the tap only
+/// routes (never waits), so it falls this far behind only under a burst.
+const TAP_CAPACITY: usize = 65_536;
+
+impl Broker {
+    /// A broker on the platform's ports; [`start`](Self::start) it to
+    /// receive what other protocols publish.
+    pub fn new(
+        config: BrokerConfig,
+        store: Arc<dyn Store>,
+        bus: Arc<dyn Bus>,
+        registry: Arc<SessionRegistry>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            connections: Arc::new(Semaphore::new(config.max_connections)),
+            config,
+            store,
+            bus,
+            registry,
+            sources: Throttle::new(Policy::SOURCE, 10_000),
+            next_session: AtomicU64::new(1),
+            clients: Mutex::default(),
+            by_id: RwLock::default(),
+            trie: RwLock::new(SubscriptionTrie::new()),
+            retained: Retained::default(),
+            delayed_wills: Mutex::default(),
+        })
+    }
+
+    /// Starts the tap on the bus: every message published over another
+    /// protocol is routed to the MQTT subscribers whose filters match.
+    /// Messages MQTT clients publish are routed by the connection that
+    /// received them (with their MQTT properties), so the tap skips them.
+    pub fn start(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let broker = Arc::downgrade(self);
+        let bus = Arc::clone(&self.bus);
+        tokio::spawn(async move {
+            loop {
+                let mut tap = bus.subscribe_all(TAP_CAPACITY);
+                while let Some(m) = tap.recv().await {
+                    if m.protocol == moat_core::message::Protocol::Mqtt {
+                        continue;
+                    }
+                    let Some(b) = broker.upgrade() else { return };
+                    b.route(Arc::new(Routed::from_message(&m)));
+                }
+                if !tap.cut_off() || broker.strong_count() == 0 {
+                    return;
+                }
+                metrics::counter!("moat_mqtt_bus_tap_gaps_total").increment(1);
+                tracing::warn!("the MQTT broker fell behind the bus; messages were missed");
+            }
+        })
+    }
+
+    pub(crate) fn next_session_id(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn session(&self, id: u64) -> Option<Arc<Session>> {
+        self.by_id
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    /// The session of `key`, if any.
+    pub(crate) fn find(&self, key: &ClientKey) -> Option<Arc<Session>> {
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    pub(crate) fn insert(&self, session: Arc<Session>) {
+        self.by_id
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(session.id, Arc::clone(&session));
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(session.key.clone(), session);
+        metrics::gauge!("moat_mqtt_sessions").increment(1.0);
+    }
+
+    /// Ends a session: its subscriptions go, and so does it, unless a newer
+    /// session already took its key.
+    pub(crate) fn remove(&self, session: &Session) {
+        self.trie
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove_subscriber(session.id);
+        let removed = self
+            .by_id
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&session.id)
+            .is_some();
+        {
+            let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+            if clients
+                .get(&session.key)
+                .is_some_and(|s| s.id == session.id)
+            {
+                clients.remove(&session.key);
+            }
+        }
+        if removed {
+            metrics::gauge!("moat_mqtt_sessions").decrement(1.0);
+        }
+    }
+
+    /// Topics holding a retained message.
+    pub fn retained_count(&self) -> usize {
+        self.retained.len()
+    }
+
+    /// Sessions held, online or offline.
+    pub fn session_count(&self) -> usize {
+        self.by_id.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Offers `msg` to every session with a matching subscription that may
+    /// receive it; retained messages are kept (or cleared) first.
+    pub(crate) fn route(&self, msg: Arc<Routed>) {
+        if msg.retain {
+            self.retained.put(&msg);
+        }
+        let target = platform_topics::topic_target(&msg.topic);
+        let mut deliveries = Deliveries::new();
+        {
+            let trie = self.trie.read().unwrap_or_else(|p| p.into_inner());
+            trie.matches(&msg.topic, |s, o| {
+                if !(o.no_local && msg.origin == Some(s)) {
+                    deliveries.add(s, o);
+                }
+            });
+        }
+        for d in deliveries.as_slice() {
+            let Some(session) = self.session(d.subscriber) else {
+                continue;
+            };
+            if !session.may_receive(&target, self.config.open_topics) {
+                continue;
+            }
+            session.offer(Delivery {
+                msg: Arc::clone(&msg),
+                qos: d.qos.min(msg.qos),
+                retain: msg.retain && d.retain_as_published,
+                subscription_ids: d.subscription_identifiers.clone(),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

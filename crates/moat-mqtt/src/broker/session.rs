@@ -1,0 +1,176 @@
+//! A session: what the broker keeps of a client between its connections
+//! (MQTT 5.0 §4.1) — its subscriptions (in the broker's trie, under the
+//! session's id), its queue of messages not yet sent, the QoS 1 and 2
+//! packets sent but not acknowledged, and its will while one is pending.
+//!
+//! Sessions are keyed by the client id *within* the authenticated device
+//! ([`ClientKey`]): two devices that both call themselves `sensor` never
+//! take over each other's session.
+
+use std::collections::HashSet;
+
+use mqtt_protocol_core::mqtt::common::HashSet as EngineSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use moat_core::authz::Principal;
+use moat_core::{ChannelId, DeviceId};
+use mqtt_protocol_core::mqtt::ArcPayload;
+use mqtt_protocol_core::mqtt::packet::{Property, StorePacket};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use super::Delivery;
+use crate::platform_topics::TopicTarget;
+
+/// Which session a CONNECT names: its client id, within its device (or
+/// among anonymous clients in development mode).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct ClientKey {
+    pub owner: Option<DeviceId>,
+    pub client_id: String,
+}
+
+/// A will message (MQTT 5.0 §3.1.2.5), published when the connection ends
+/// without a normal DISCONNECT, after its delay.
+#[derive(Debug, Clone)]
+pub(crate) struct Will {
+    pub topic: String,
+    pub payload: ArcPayload,
+    pub qos: u8,
+    pub retain: bool,
+    pub props: Vec<Property>,
+    pub delay: Duration,
+}
+
+/// The live connection of a session, as a newer connection sees it: how to
+/// take the session over, and when the old connection has handed it back.
+pub(crate) struct Live {
+    pub takeover: Arc<Notify>,
+    pub done: oneshot::Receiver<()>,
+}
+
+/// What a connection takes from its session while it runs, and gives back
+/// when it ends.
+#[derive(Default)]
+pub(crate) struct SessionState {
+    /// The session's queue; `None` while a connection holds it.
+    pub rx: Option<mpsc::Receiver<Delivery>>,
+    /// QoS 1 and 2 packets sent and not yet acknowledged.
+    pub stored: Vec<StorePacket>,
+    /// QoS 2 packet ids received whose PUBREL has not come yet.
+    pub qos2_handled: EngineSet<u16>,
+    pub live: Option<Live>,
+    pub expiry: Duration,
+    /// Bumped at every connection, so that a stale expiry timer knows.
+    pub generation: u64,
+    /// A will waiting for its delay; resuming the session cancels it.
+    pub pending_will: Option<tokio::task::AbortHandle>,
+}
+
+pub(crate) struct Session {
+    pub id: u64,
+    pub key: ClientKey,
+    /// `None`: an anonymous client (development mode only).
+    pub principal: Option<Principal>,
+    tx: mpsc::Sender<Delivery>,
+    online: AtomicBool,
+    pub state: Mutex<SessionState>,
+    /// Held by a connection while it claims the session (takeover).
+    pub claim: tokio::sync::Mutex<()>,
+    /// Channels the device may read, for subscriptions whose wildcard
+    /// stands for the channel (`channels/+/messages`, `#`).
+    readable: RwLock<HashSet<ChannelId>>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.id)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    pub(crate) fn new(
+        id: u64,
+        key: ClientKey,
+        principal: Option<Principal>,
+        queue: usize,
+    ) -> Arc<Self> {
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        Arc::new(Self {
+            id,
+            key,
+            principal,
+            tx,
+            online: AtomicBool::new(false),
+            state: Mutex::new(SessionState {
+                rx: Some(rx),
+                ..SessionState::default()
+            }),
+            claim: tokio::sync::Mutex::new(()),
+            readable: RwLock::default(),
+        })
+    }
+
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, SessionState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn set_online(&self, online: bool) {
+        self.online.store(online, Ordering::Release);
+    }
+
+    pub(crate) fn is_online(&self) -> bool {
+        self.online.load(Ordering::Acquire)
+    }
+
+    /// The device this session belongs to.
+    pub(crate) fn device(&self) -> Option<DeviceId> {
+        self.key.owner
+    }
+
+    /// Queues a delivery without waiting. QoS 0 messages are not kept for
+    /// an offline session (as Mosquitto does by default); a full queue
+    /// drops the message, counted.
+    pub(crate) fn offer(&self, d: Delivery) {
+        if d.qos == 0 && !self.is_online() {
+            return;
+        }
+        match self.tx.try_send(d) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                metrics::counter!("moat_mqtt_dropped_total", "reason" => "queue_full").increment(1);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Whether a message on `target` may reach this session's subscriber:
+    /// channel messages only from channels it may read, maintenance topics
+    /// only its own device's, other topics only in development mode.
+    pub(crate) fn may_receive(&self, target: &TopicTarget<'_>, open_topics: bool) -> bool {
+        let Some(device) = self.device() else {
+            // Anonymous clients exist only in development mode.
+            return true;
+        };
+        match target {
+            TopicTarget::Channel { channel, .. } => self
+                .readable
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(channel),
+            TopicTarget::Device { device: d, .. } => *d == device,
+            TopicTarget::Other => open_topics,
+        }
+    }
+
+    pub(crate) fn add_readable(&self, channels: impl IntoIterator<Item = ChannelId>) {
+        self.readable
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(channels);
+    }
+}
