@@ -102,6 +102,8 @@ pub(crate) struct Conn<W> {
     peer: Peer,
     /// Set once CONNECT is accepted.
     open: Option<Open>,
+    /// Whether a CONNECT has been read (the first packet must be one).
+    connect_seen: bool,
     /// When the keep-alive runs out, if armed.
     keep_alive: Option<Instant>,
     ending: Option<Ending>,
@@ -154,6 +156,7 @@ impl<W: AsyncWrite + Unpin + Send> Conn<W> {
             out: Vec::with_capacity(4096),
             peer,
             open: None,
+            connect_seen: false,
             keep_alive: None,
             ending: None,
             inflight: HashSet::new(),
@@ -229,6 +232,11 @@ impl<W: AsyncWrite + Unpin + Send> Conn<W> {
         let mut events = Vec::new();
         while self.ending.is_none() {
             let rest = &buf[consumed..];
+            // MQTT-3.1.0-1: CONNECT first; refused from its first byte.
+            if !self.connect_seen && rest.first().is_some_and(|b| b >> 4 != 1) {
+                self.violation(0x82, "the first packet is not CONNECT");
+                break;
+            }
             let total = match protocol::frame(rest, max) {
                 Frame::NeedMore => break,
                 Frame::Violation(v) => {
@@ -239,6 +247,7 @@ impl<W: AsyncWrite + Unpin + Send> Conn<W> {
             };
             let packet = &rest[..total];
             consumed += total;
+            self.connect_seen = true;
             if let Err(v) = protocol::check_packet(packet) {
                 self.violation(v.reason_code(), &v.to_string());
                 break;
@@ -430,9 +439,11 @@ impl<W: AsyncWrite + Unpin + Send> Conn<W> {
         }
     }
 
-    /// Sends the server's DISCONNECT (v5 only; v3.1.1 has none) and asks
-    /// nothing more of the engine.
-    fn disconnect(&mut self, code: u8) {
+    /// Sends the server's DISCONNECT (v5 only; v3.1.1 has none) with a
+    /// reason string, and asks nothing more of the engine. (The reason
+    /// string also keeps the property length present, which some clients,
+    /// rumqttc 0.25 among them, need to parse a DISCONNECT.)
+    fn disconnect(&mut self, code: u8, reason: &str) {
         if self
             .open
             .as_ref()
@@ -443,7 +454,11 @@ impl<W: AsyncWrite + Unpin + Send> Conn<W> {
         let Ok(rc) = DisconnectReasonCode::try_from(code) else {
             return;
         };
-        if let Ok(d) = v5_0::Disconnect::builder().reason_code(rc).build() {
+        let mut builder = v5_0::Disconnect::builder().reason_code(rc);
+        if let Ok(r) = mqtt::packet::ReasonString::new(reason) {
+            builder = builder.props(vec![mqtt::packet::Property::ReasonString(r)]);
+        }
+        if let Ok(d) = builder.build() {
             let events = self.mqtt.checked_send(d);
             for e in events {
                 if let Event::RequestSendPacket { packet, .. } = e {
@@ -474,7 +489,7 @@ impl<W: AsyncWrite + Unpin + Send> Conn<W> {
     async fn finish(&mut self) {
         let ending = self.ending.unwrap_or(Ending::Closed);
         match ending {
-            Ending::Violation(code) => self.disconnect(code),
+            Ending::Violation(code) => self.disconnect(code, "protocol violation"),
             Ending::Cut => {
                 let reason = self
                     .open
@@ -482,10 +497,17 @@ impl<W: AsyncWrite + Unpin + Send> Conn<W> {
                     .and_then(|o| *o.cut_reason.lock().unwrap_or_else(|p| p.into_inner()));
                 metrics::counter!("moat_device_sessions_cut_total").increment(1);
                 tracing::info!(reason = ?reason, "device session cut");
-                self.disconnect(0x98);
+                self.disconnect(
+                    0x98,
+                    match reason {
+                        Some(CutReason::Revoked) => "device revoked",
+                        Some(CutReason::Quarantined) => "device quarantined",
+                        _ => "device credentials withdrawn",
+                    },
+                );
             }
-            Ending::TakenOver => self.disconnect(0x8E),
-            Ending::Shutdown => self.disconnect(0x8B),
+            Ending::TakenOver => self.disconnect(0x8E, "another connection took the session"),
+            Ending::Shutdown => self.disconnect(0x8B, "server shutting down"),
             Ending::Closed => {}
         }
         let _ = self.flush().await;

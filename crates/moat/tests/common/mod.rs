@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod device;
 pub mod messages;
+pub mod mqtt;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -29,6 +30,10 @@ pub struct Server {
     pub url: String,
     /// `http://127.0.0.1:PORT` when started with `--insecure-dev`.
     pub plain_url: Option<String>,
+    /// `127.0.0.1:PORT` of MQTT over TLS.
+    pub mqtt: String,
+    /// `127.0.0.1:PORT` of plain MQTT, with `--insecure-dev`.
+    pub mqtt_plain: Option<String>,
     pub stdout: Vec<String>,
     pub stderr: mpsc::Receiver<String>,
 }
@@ -74,6 +79,8 @@ impl Server {
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .args(["--listen", "127.0.0.1:0"])
+            .args(["--mqtt-listen", "127.0.0.1:0"])
+            .args(["--mqtt-plain-listen", "127.0.0.1:0"])
             .args(&opts.args)
             .env_remove("MOAT_MASTER_KEY")
             .env("MOAT_LOG", "info")
@@ -114,9 +121,17 @@ impl Server {
         });
         let mut lines = Vec::new();
         let mut plain_url = None;
+        let mut mqtt = String::new();
+        let mut mqtt_plain = None;
         loop {
             match out_rx.recv_timeout(Duration::from_secs(60)) {
                 Ok(line) => {
+                    if let Some(addr) = line.strip_prefix("mqtt listening on ") {
+                        mqtt = addr.to_owned();
+                    }
+                    if let Some(addr) = line.strip_prefix("mqtt plain listening on ") {
+                        mqtt_plain = Some(addr.to_owned());
+                    }
                     if let Some(addr) = line.strip_prefix("http listening on ") {
                         plain_url = Some(format!("http://{addr}"));
                     }
@@ -130,6 +145,8 @@ impl Server {
                             dir,
                             url,
                             plain_url,
+                            mqtt,
+                            mqtt_plain,
                             stdout: lines,
                             stderr: err_rx,
                         });
