@@ -112,9 +112,10 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         metrics,
     );
     drop(master);
-    let app = moat_http::app(state);
-
     let (stop_tx, stop_rx) = watch::channel(false);
+    let app =
+        moat_http::app(state).merge(mqtt::websocket_router(Arc::clone(&broker), stop_rx.clone()));
+
     let opts = ServeOptions {
         tls: Some(tls),
         max_connections: config.max_connections,

@@ -567,7 +567,7 @@ async fn malformed_packets_end_the_connection_and_are_counted() {
 }
 
 #[tokio::test]
-async fn paho_python_clients_speak_both_versions_over_mutual_tls() {
+async fn paho_python_clients_speak_both_versions_over_mutual_tls_and_websocket() {
     let server = Server::start();
     let admin = admin(&server).await;
     let dir = tempfile::tempdir().unwrap();
@@ -577,24 +577,30 @@ async fn paho_python_clients_speak_both_versions_over_mutual_tls() {
     let (id, _, _) = device_with_cert(&admin, dir.path(), "paho").await;
     connect(&admin, &channel, &id, true, true).await;
     let (host, port) = server.mqtt.rsplit_once(':').unwrap();
-    for version in ["3.1.1", "5"] {
+    let https_port = server.url.rsplit_once(':').unwrap().1;
+    for (version, transport, port) in [
+        ("3.1.1", "tcp", port),
+        ("5", "tcp", port),
+        ("3.1.1", "websockets", https_port),
+        ("5", "websockets", https_port),
+    ] {
         let out = Command::new("python3")
             .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mqtt_paho.py"))
             .args([host, port, &server.ca_path().display().to_string()])
             .arg(dir.path().join("paho.pem"))
             .arg(dir.path().join("paho.key"))
             .arg(format!("channels/{channel}/messages/paho"))
-            .arg(version)
+            .args([version, transport])
             .output()
             .expect("python3 runs (scripts/install-test-deps)");
         assert!(
             out.status.success(),
-            "paho {version}: {}\n{}",
+            "paho {version} over {transport}: {}\n{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
     }
     let stored = all_messages(&admin, &channel).await;
-    // Each version publishes at QoS 0, 1 and 2.
-    assert_eq!(stored.len(), 6, "{stored:?}");
+    // Each client publishes at QoS 0, 1 and 2.
+    assert_eq!(stored.len(), 12, "{stored:?}");
 }

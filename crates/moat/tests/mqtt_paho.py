@@ -2,7 +2,10 @@
 tests/mqtt.rs: connects with a device certificate, subscribes at QoS 2,
 publishes one JSON message at each QoS and waits to hear all three back.
 
-usage: mqtt_paho.py HOST PORT CA CERT KEY TOPIC 3.1.1|5
+usage: mqtt_paho.py HOST PORT CA CERT KEY TOPIC 3.1.1|5 [tcp|websockets]
+
+With `websockets`, PORT is the HTTPS port and the client speaks MQTT over
+WebSocket at /mqtt.
 """
 
 import json
@@ -14,11 +17,17 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 host, port, ca, cert, key, topic, version = sys.argv[1:8]
+transport = sys.argv[8] if len(sys.argv) > 8 else "tcp"
 protocol = mqtt.MQTTv311 if version == "3.1.1" else mqtt.MQTTv5
 
 client = mqtt.Client(
-    CallbackAPIVersion.VERSION2, client_id=f"paho-{version}", protocol=protocol
+    CallbackAPIVersion.VERSION2,
+    client_id=f"paho-{version}-{transport}",
+    protocol=protocol,
+    transport=transport,
 )
+if transport == "websockets":
+    client.ws_set_options(path="/mqtt")
 client.tls_set(ca_certs=ca, certfile=cert, keyfile=key)
 subscribed = threading.Event()
 received = []
@@ -50,7 +59,7 @@ try:
     if not subscribed.wait(10):
         sys.exit("never subscribed")
     for qos in (0, 1, 2):
-        info = client.publish(topic, json.dumps({"qos": qos, "v": version}), qos=qos)
+        info = client.publish(topic, json.dumps({"qos": qos, "v": version, "t": transport}), qos=qos)
         info.wait_for_publish(10)
         if not info.is_published():
             sys.exit(f"qos {qos} not acknowledged")

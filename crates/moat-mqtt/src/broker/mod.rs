@@ -326,6 +326,12 @@ impl Broker {
         }
     }
 
+    /// The connection cap shared by every listener: a listener outside
+    /// this crate (MQTT over WebSocket) takes a permit per connection.
+    pub fn connection_slots(&self) -> &Arc<Semaphore> {
+        &self.connections
+    }
+
     /// Topics holding a retained message.
     pub fn retained_count(&self) -> usize {
         self.retained.len()
