@@ -1,0 +1,544 @@
+#!/usr/bin/env bash
+# The MQTT broker benchmark: Moat's broker against Mosquitto, same load
+# generator (`mqttv5 bench`, crates.io's mqttv5-cli), same machine, mutual TLS.
+#
+#   qos0      QoS 0 fan-in: --publishers connections -> 1 subscriber (msg/s)
+#   qos1      QoS 1 fan-in: the same at QoS 1
+#   fanout    1 publisher -> --subscribers subscribers: the highest paced
+#             rate (from --fanout-rate, x1.5 a step, --fanout-steps at most)
+#             the broker keeps up with, and deliveries/s there
+#   latency   p50/p99 of a paced probe (--probe-rate msg/s, --latency-qos)
+#             while a background load runs at half the target's own qos0
+#             peak (or at --load-rate msg/s, the same for every target)
+#   idle      --idle idle TLS connections (bench/mqtt_idle.py): server RSS
+#             before and after, KiB a connection
+#
+#   bench/mqtt.sh [--targets mosquitto,moat] [--scenarios qos0,qos1,fanout,latency,idle]
+#                 [--publishers 100] [--subscribers 1000] [--idle 10000]
+#                 [--duration 10] [--warmup 2] [--payload-size 64]
+#                 [--fanout-rate 50] [--fanout-steps 6]
+#                 [--probe-rate 100] [--latency-qos 0] [--load-rate N]
+#                 [--work-dir DIR] [--keep] [--no-build]
+#
+# Targets: mosquitto (TLS, client certificate required), mosquitto-plain
+# (the same broker on plain TCP: what TLS costs) and moat (start_moat below,
+# not written yet: skipped until it is). Every scenario gets a fresh server.
+# Needs mosquitto, openssl, jq, python3 (scripts/install-test-deps) and
+# mqttv5 (cargo install mqttv5-cli). Everything listens on 127.0.0.1, on
+# ports picked here; every command is bounded by a timeout.
+set -euo pipefail
+
+targets=mosquitto,moat
+scenarios=qos0,qos1,fanout,latency,idle
+publishers=100
+subscribers=1000
+idle=10000
+duration=10
+warmup=2
+payload_size=64
+fanout_rate=50
+fanout_steps=6
+probe_rate=100
+latency_qos=0
+load_rate=""
+work=""
+keep=0
+build=1
+
+usage() {
+  sed -n '2,28s/^# \{0,1\}//p' "$0"
+  exit "${1:-0}"
+}
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --targets) targets=$2; shift 2 ;;
+    --scenarios) scenarios=$2; shift 2 ;;
+    --publishers) publishers=$2; shift 2 ;;
+    --subscribers) subscribers=$2; shift 2 ;;
+    --idle) idle=$2; shift 2 ;;
+    --duration) duration=$2; shift 2 ;;
+    --warmup) warmup=$2; shift 2 ;;
+    --payload-size) payload_size=$2; shift 2 ;;
+    --fanout-rate) fanout_rate=$2; shift 2 ;;
+    --fanout-steps) fanout_steps=$2; shift 2 ;;
+    --probe-rate) probe_rate=$2; shift 2 ;;
+    --latency-qos) latency_qos=$2; shift 2 ;;
+    --load-rate) load_rate=$2; shift 2 ;;
+    --work-dir) work=$2; shift 2 ;;
+    --keep) keep=1; shift ;;
+    --no-build) build=0; shift ;;
+    -h|--help) usage 0 ;;
+    *) echo "unknown argument: $1" >&2; usage 2 ;;
+  esac
+done
+number() {
+  case "$2" in ''|*[!0-9]*) echo "$1: not a number: $2" >&2; exit 2 ;; esac
+  [ "$2" -ge "$3" ] && [ "$2" -le "$4" ] || { echo "$1: $3 to $4" >&2; exit 2; }
+}
+number --publishers "$publishers" 1 10000
+number --subscribers "$subscribers" 1 10000
+number --idle "$idle" 1 15000
+number --duration "$duration" 1 300
+number --warmup "$warmup" 0 60
+number --payload-size "$payload_size" 12 1048576
+number --fanout-rate "$fanout_rate" 2 1000000
+number --fanout-steps "$fanout_steps" 1 10
+number --probe-rate "$probe_rate" 1 100000
+number --latency-qos "$latency_qos" 0 2
+[ -z "$load_rate" ] || number --load-rate "$load_rate" 1 10000000
+IFS=, read -r -a target_list <<<"$targets"
+IFS=, read -r -a scenario_list <<<"$scenarios"
+for t in "${target_list[@]}"; do
+  case "$t" in mosquitto|mosquitto-plain|moat) ;; *) echo "unknown target: $t" >&2; exit 2 ;; esac
+done
+for s in "${scenario_list[@]}"; do
+  case "$s" in qos0|qos1|fanout|latency|idle) ;; *) echo "unknown scenario: $s" >&2; exit 2 ;; esac
+done
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+for tool in mosquitto openssl jq python3 timeout; do
+  command -v "$tool" >/dev/null || { echo "$tool is missing: run scripts/install-test-deps" >&2; exit 1; }
+done
+mqttv5=$(command -v mqttv5 || true)
+[ -n "$mqttv5" ] || [ ! -x "$HOME/.cargo/bin/mqttv5" ] || mqttv5=$HOME/.cargo/bin/mqttv5
+[ -n "$mqttv5" ] || { echo "mqttv5 is missing: cargo install mqttv5-cli" >&2; exit 1; }
+# 10,000 connections need 10,000 descriptors, in the server and in the client.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $(( idle + 100 )) ]; then
+  echo "warning: open-file limit $(ulimit -n) is below --idle $idle" >&2
+fi
+
+[ -n "$work" ] || work=$(mktemp -d "${TMPDIR:-/tmp}/moat-bench-mqtt.XXXXXX")
+mkdir -p "$work"
+
+# ---------------------------------------------------------------- PKI ----
+# One benchmark CA; it signs Mosquitto's server certificate (localhost and
+# 127.0.0.1) and one client certificate, which every benchmark client
+# presents (mqttv5 bench takes one --cert for all its connections).
+pki=$work/pki
+make_pki() {
+  mkdir -p "$pki"
+  local o="$pki" ext
+  openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+    -keyout "$o/ca.key" -out "$o/ca.pem" -days 2 -sha256 -subj "/CN=moat-bench MQTT CA" \
+    -addext "basicConstraints=critical,CA:TRUE" \
+    -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+  leaf() { # NAME CN EXTENSIONS
+    ext=$o/$1.ext
+    printf '%s\n' "basicConstraints=critical,CA:FALSE" \
+      "keyUsage=critical,digitalSignature" "$3" >"$ext"
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+      -keyout "$o/$1.key" -out "$o/$1.csr" -subj "/CN=$2" 2>/dev/null
+    openssl x509 -req -in "$o/$1.csr" -CA "$o/ca.pem" -CAkey "$o/ca.key" -CAcreateserial \
+      -days 2 -sha256 -extfile "$ext" -out "$o/$1.pem" 2>/dev/null
+  }
+  leaf server localhost "$(printf '%s\n' 'extendedKeyUsage=serverAuth' \
+    'subjectAltName=DNS:localhost,IP:127.0.0.1')"
+  leaf client bench-device "extendedKeyUsage=clientAuth"
+}
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# `wait_port PORT PID`: until 127.0.0.1:PORT accepts, 30 s at most.
+wait_port() {
+  for _ in $(seq 1 300); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    kill -0 "$2" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
+
+# ------------------------------------------------------------ servers ----
+# A start_* function starts one broker in the background and sets:
+#   srv_pid    the broker's own process id (its RSS is read from /proc)
+#   srv_port   its MQTT port on 127.0.0.1
+#   srv_url    what mqttv5 bench --url takes (mqtts://127.0.0.1:PORT)
+#   srv_tls    1 for TLS (then srv_ca, srv_cert, srv_key, srv_name are set:
+#              the CA that signed the server's certificate, the client
+#              certificate and key to present, the name to verify)
+#   srv_topic  the topic prefix benchmark clients may publish and subscribe
+#              under (a scenario adds /SCENARIO, mqttv5 bench adds /N)
+#   srv_log    its log file
+# and returns 0; or it returns 3 when that target cannot run (skipped).
+srv_pid=""
+srv_port=""
+srv_url=""
+srv_tls=0
+srv_ca=""
+srv_cert=""
+srv_key=""
+srv_name=""
+srv_topic=""
+srv_log=""
+
+start_mosquitto() { # LOG [plain]
+  local tls_port plain_port conf=$work/mosquitto.conf
+  tls_port=$(free_port)
+  plain_port=$(free_port)
+  while [ "$plain_port" = "$tls_port" ]; do plain_port=$(free_port); done
+  sed -e "s|@TLS_PORT@|$tls_port|g" -e "s|@PLAIN_PORT@|$plain_port|g" \
+    -e "s|@DIR@|$pki|g" -e "s|@USER@|$(id -un)|g" \
+    "$root/bench/mosquitto/mosquitto.conf.in" >"$conf"
+  srv_log=$1
+  mosquitto -c "$conf" >>"$srv_log" 2>&1 &
+  srv_pid=$!
+  srv_topic=bench
+  if [ "${2:-}" = plain ]; then
+    srv_tls=0 srv_port=$plain_port srv_url=mqtt://127.0.0.1:$plain_port
+  else
+    srv_tls=1 srv_port=$tls_port srv_url=mqtts://127.0.0.1:$tls_port
+    srv_ca=$pki/ca.pem srv_cert=$pki/client.pem srv_key=$pki/client.key srv_name=localhost
+  fi
+  # Both listeners open together; probing the plain one keeps a TLS
+  # handshake error out of the log.
+  wait_port "$plain_port" "$srv_pid" || {
+    echo "mosquitto did not start:" >&2; tail -n 20 "$srv_log" >&2; return 1
+  }
+}
+
+# Set to 1 once start_moat below works; until then the moat target is
+# skipped (and not built).
+moat_mqtt_ready=0
+
+start_moat() { # LOG
+  [ "$moat_mqtt_ready" = 1 ] || return 3
+  # TODO(issue 5, MQTT broker): start Moat with its MQTT TLS listener and
+  # provision what the benchmark clients present. What it needs:
+  #
+  # - The MQTT TLS listener on loopback. The work in progress has
+  #   `--mqtt-listen ADDR` (default 0.0.0.0:8883: always pass 127.0.0.1:0
+  #   here) and prints "mqtt listening on ADDR" on stdout, e.g.
+  #     MOAT_LOG=warn "$root/target/release/moat" serve --data-dir "$work/moat-data" \
+  #       --listen 127.0.0.1:0 --mqtt-listen 127.0.0.1:0 --server-name 127.0.0.1 \
+  #       >"$work/moat.out" 2>>"$1" &
+  #   then poll moat.out for that line as bench/messages.sh polls for
+  #   "https listening on" (bounded). Set srv_pid to the moat process itself
+  #   (not a wrapper: its RSS is read), srv_port, srv_tls=1, srv_log=$1,
+  #   srv_url=mqtts://127.0.0.1:PORT. MOAT_MASTER_KEY and
+  #   MOAT_ADMIN_PASSWORD as bench/messages.sh sets them.
+  # - The server's CA, to verify it: srv_ca=$work/moat-data/ca.pem, and
+  #   srv_name = a name in its certificate (the URL says 127.0.0.1, so the
+  #   certificate needs that IP in its SAN: --server-name 127.0.0.1).
+  # - A device certificate and key (ADR 003): create a tenant, a channel and
+  #   one device through the API (moat-bench setup does the HTTP part for
+  #   bench/messages.sh), have its CSR signed, write the PEMs and set
+  #   srv_cert/srv_key. mqttv5 bench presents this ONE certificate on every
+  #   connection (100 publishers, 1 or 1000 subscribers, client ids
+  #   "mqttv5-bench-<random>-pub-<i>"/"-sub-<i>"), and mqtt_idle.py on all
+  #   10,000: the broker must allow many concurrent sessions per device
+  #   with client ids it did not choose, or the bench cannot run as is.
+  #   It sends no user name or password (mqttv5 bench has no such option).
+  # - srv_topic: a topic prefix that device may publish AND subscribe under
+  #   (e.g. its channel's topic); scenarios publish to $srv_topic/<scenario>/<n>
+  #   and subscribe to $srv_topic/<scenario>/#. Payloads are raw bytes (an
+  #   8-byte timestamp, a 4-byte sequence number, zeros): the broker must
+  #   route payloads it cannot parse as SenML, or the bench needs
+  #   --payload-format json (not SenML either).
+  # - MQTT 5.0: mqttv5 bench speaks only 5.0 (it has no --protocol-version).
+  # - wait_port "$srv_port" "$srv_pid" before returning 0.
+  return 3
+}
+
+stop_server() {
+  [ -n "$srv_pid" ] || return 0
+  if kill -0 "$srv_pid" 2>/dev/null; then
+    kill -TERM "$srv_pid"
+    for _ in $(seq 1 300); do # 30 s to stop, then killed
+      kill -0 "$srv_pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -0 "$srv_pid" 2>/dev/null && kill -KILL "$srv_pid"
+  fi
+  wait "$srv_pid" 2>/dev/null || true
+  srv_pid=""
+}
+
+bg_pids=()
+cleanup() {
+  local p
+  for p in "${bg_pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  stop_server
+  if [ "$keep" = 1 ]; then echo "kept $work"; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+
+start_target() { # TARGET SCENARIO
+  local log=$work/$1-$2.server.log
+  case "$1" in
+    mosquitto) start_mosquitto "$log" ;;
+    mosquitto-plain) start_mosquitto "$log" plain ;;
+    moat) start_moat "$log" ;;
+  esac
+}
+
+# /proc/PID/status fields in KiB.
+proc_kib() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
+
+# ------------------------------------------------------------ results ----
+declare -A res=()
+record() { # TARGET METRIC VALUE
+  res["$1/$2"]=$3
+  echo "RESULT mqtt target=$1 metric=$2 value=$3"
+}
+
+# mqttv5 bench's TLS options for the running server, in ${tls[@]}.
+tls=()
+tls_args() {
+  tls=()
+  [ "$srv_tls" = 0 ] || tls=(--ca-cert "$srv_ca" --cert "$srv_cert" --key "$srv_key")
+}
+
+# `bench TARGET NAME SECONDS ARGS...`: mqttv5 bench against the running
+# server, JSON to $work/TARGET-NAME.json, progress to .log; bounded.
+bench() {
+  local target=$1 name=$2 limit=$3
+  shift 3
+  tls_args
+  if ! timeout -k 5 "$limit" "$mqttv5" bench --url "$srv_url" "${tls[@]}" \
+      --payload-size "$payload_size" "$@" \
+      >"$work/$target-$name.json" 2>"$work/$target-$name.log"; then
+    echo "  mqttv5 bench $name failed against $target:" >&2
+    tail -n 5 "$work/$target-$name.log" >&2
+    return 1
+  fi
+}
+json() { jq -r "$2" "$1"; }
+int() { awk -v x="$1" 'BEGIN { printf "%.0f", x }'; }
+
+# Time for N clients to connect one after another (mqttv5 bench does), then
+# warm up, measure, drain: generous, still bounded.
+limit_for() { echo $(( $1 / 10 + warmup + duration + 60 )); }
+
+# -------------------------------------------------------------- scenarios ----
+fan_in() { # TARGET QOS
+  local t=$1 q=$2 f
+  bench "$t" "qos$q" "$(limit_for "$publishers")" --mode throughput --qos "$q" \
+    --publishers "$publishers" --subscribers 1 --duration "$duration" --warmup "$warmup" \
+    --topic "$srv_topic/qos$q" || return 1
+  f=$work/$t-qos$q.json
+  record "$t" "qos${q}_msgs" "$(int "$(json "$f" .results.throughput_steady)")"
+  record "$t" "qos${q}_offered" "$(int "$(json "$f" .results.offered_rate)")"
+  record "$t" "qos${q}_delivered_ratio" "$(json "$f" '.results.delivered_ratio * 1000 | round / 1000')"
+}
+
+# Fan-out is paced: unpaced, the one publisher fills the broker during the
+# warm-up, then blocks on a broker busy draining that backlog, and the run
+# measures the drain of messages published before it began. So a ramp from
+# --fanout-rate msg/s, times 1.5 a step while the broker keeps up, at most
+# --fanout-steps steps; the result is the last rate it kept up with.
+# Keeping up: 95% of published x subscribers arrive in all (the 2 s drain
+# included) AND the steady delivered rate is 95% of the offered one (a
+# broker falling behind still delivers its backlog during the drain).
+fan_out() { # TARGET
+  local t=$1 rate=$fanout_rate step f ratio steady offered ok kept=0
+  local deliveries="" published="" delivered_ratio=""
+  for step in $(seq 1 "$fanout_steps"); do
+    bench "$t" "fanout-$rate" "$(limit_for "$subscribers")" --mode throughput --qos 0 \
+      --publishers 1 --subscribers "$subscribers" --rate "$rate" \
+      --duration "$duration" --warmup "$warmup" --topic "$srv_topic/fanout" || return 1
+    f=$work/$t-fanout-$rate.json
+    ratio=$(json "$f" '.results.delivered_ratio * 1000 | round / 1000')
+    steady=$(int "$(json "$f" .results.throughput_steady)")
+    offered=$(json "$f" .results.offered_rate)
+    ok=0
+    awk -v r="$ratio" -v d="$steady" -v o="$offered" -v n="$subscribers" \
+      'BEGIN { exit !(r >= 0.95 && d >= 0.95 * o * n) }' && ok=1
+    echo "RESULT mqtt-fanout-step target=$t rate=$rate deliveries=$steady" \
+      "delivered_ratio=$ratio kept_up=$ok"
+    # The first step is reported even when the broker did not keep up.
+    if [ "$step" = 1 ] || [ "$ok" = 1 ]; then
+      deliveries=$steady published=$(int "$offered") delivered_ratio=$ratio
+    fi
+    [ "$ok" = 1 ] || break
+    kept=$rate
+    rate=$(( rate * 3 / 2 ))
+    [ "$step" -lt "$fanout_steps" ] ||
+      echo "  fan-out kept up at every step: $kept msg/s is a lower bound (raise --fanout-steps)"
+  done
+  record "$t" fanout_max_rate "$kept"
+  record "$t" fanout_deliveries "$deliveries"
+  record "$t" fanout_published "$published"
+  record "$t" fanout_delivered_ratio "$delivered_ratio"
+}
+
+latency() { # TARGET
+  local t=$1 rate peak load_secs lpid f
+  if [ -n "$load_rate" ]; then
+    rate=$load_rate
+  else
+    peak=${res["$t/qos0_msgs"]:-}
+    [ -n "$peak" ] && [ "$peak" -gt 1 ] || {
+      echo "  latency needs the qos0 peak (run qos0 first, or give --load-rate)" >&2; return 1
+    }
+    rate=$(( peak / 2 ))
+  fi
+  record "$t" latency_load_target "$rate"
+  # The load: the qos0 fan-in shape, paced at RATE, long enough to cover the
+  # probe's warm-up and measurement.
+  load_secs=$(( warmup + duration + 5 ))
+  tls_args
+  timeout -k 5 "$(limit_for "$publishers")" "$mqttv5" bench --url "$srv_url" "${tls[@]}" \
+    --payload-size "$payload_size" --mode throughput --qos 0 --publishers "$publishers" \
+    --subscribers 1 --rate "$rate" --warmup 1 --duration "$load_secs" \
+    --topic "$srv_topic/load" >"$work/$t-load.json" 2>"$work/$t-load.log" &
+  lpid=$!
+  bg_pids=("$lpid")
+  for _ in $(seq 1 $(( publishers / 5 + 120 ))); do # 0.5 s steps
+    grep -q '^measuring' "$work/$t-load.log" 2>/dev/null && break
+    kill -0 "$lpid" 2>/dev/null || break
+    sleep 0.5
+  done
+  if ! grep -q '^measuring' "$work/$t-load.log"; then
+    echo "  the background load did not start:" >&2; tail -n 5 "$work/$t-load.log" >&2
+    kill -TERM "$lpid" 2>/dev/null || true; wait "$lpid" 2>/dev/null || true
+    return 1
+  fi
+  bench "$t" latency "$(limit_for 2)" --mode latency --qos "$latency_qos" \
+    --rate "$probe_rate" --duration "$duration" --warmup "$warmup" \
+    --topic "$srv_topic/probe" || { wait "$lpid" 2>/dev/null || true; return 1; }
+  wait "$lpid" || { echo "  the background load failed:" >&2; tail -n 5 "$work/$t-load.log" >&2; return 1; }
+  bg_pids=()
+  f=$work/$t-latency.json
+  record "$t" latency_load_msgs "$(int "$(json "$work/$t-load.json" .results.throughput_steady)")"
+  record "$t" latency_probe_msgs "$(json "$f" .results.messages)"
+  record "$t" latency_p50_us "$(json "$f" .results.p50_us)"
+  record "$t" latency_p99_us "$(json "$f" .results.p99_us)"
+}
+
+idle_conns() { # TARGET
+  local t=$1 before after ipid ready line ok
+  [ "$srv_tls" = 1 ] || { echo "  idle: TLS targets only" >&2; return 1; }
+  sleep 1
+  before=$(proc_kib "$srv_pid" VmRSS)
+  python3 "$root/bench/mqtt_idle.py" --port "$srv_port" --server-name "$srv_name" \
+    --ca "$srv_ca" --cert "$srv_cert" --key "$srv_key" --count "$idle" --hold 600 \
+    --client-id-prefix "idle-$t-" >"$work/$t-idle.out" 2>"$work/$t-idle.log" &
+  ipid=$!
+  bg_pids=("$ipid")
+  ready=""
+  for _ in $(seq 1 $(( idle / 10 + 120 ))); do # 0.5 s steps
+    line=$(grep -m1 '^READY' "$work/$t-idle.out" 2>/dev/null || true)
+    if [ -n "$line" ]; then ready=$line; break; fi
+    kill -0 "$ipid" 2>/dev/null || break
+    sleep 0.5
+  done
+  if [ -z "$ready" ]; then
+    echo "  mqtt_idle.py did not finish connecting:" >&2; tail -n 5 "$work/$t-idle.log" >&2
+    kill -TERM "$ipid" 2>/dev/null || true; wait "$ipid" 2>/dev/null || true
+    return 1
+  fi
+  sleep 3 # let the broker settle (buffers it frees after the handshakes)
+  after=$(proc_kib "$srv_pid" VmRSS)
+  ok=$(sed -n 's/.* ok=\([0-9]*\).*/\1/p' <<<"$ready")
+  kill -TERM "$ipid" 2>/dev/null || true
+  wait "$ipid" 2>/dev/null || true
+  bg_pids=()
+  [ -s "$work/$t-idle.log" ] && sed 's/^/  /' "$work/$t-idle.log" >&2
+  record "$t" idle_connected "$ok"
+  record "$t" idle_rss_before_mib "$(awk -v k="$before" 'BEGIN { printf "%.1f", k / 1024 }')"
+  record "$t" idle_rss_after_mib "$(awk -v k="$after" 'BEGIN { printf "%.1f", k / 1024 }')"
+  if [ "$ok" -gt 0 ]; then
+    record "$t" idle_kib_per_conn "$(awk -v a="$after" -v b="$before" -v n="$ok" \
+      'BEGIN { printf "%.1f", (a - b) / n }')"
+  fi
+  [ "$ok" = "$idle" ] || { echo "  idle: only $ok of $idle connected" >&2; return 1; }
+}
+
+run_scenario() { # TARGET SCENARIO
+  local t=$1 s=$2 rc=0
+  case "$s" in
+    qos0) fan_in "$t" 0 || rc=$? ;;
+    qos1) fan_in "$t" 1 || rc=$? ;;
+    fanout) fan_out "$t" || rc=$? ;;
+    latency) latency "$t" || rc=$? ;;
+    idle) idle_conns "$t" || rc=$? ;;
+  esac
+  # The server's peak RSS over the scenario.
+  if [ -n "$srv_pid" ] && [ -r "/proc/$srv_pid/status" ]; then
+    record "$t" "${s}_server_peak_rss_mib" \
+      "$(awk -v k="$(proc_kib "$srv_pid" VmHWM)" 'BEGIN { printf "%.1f", k / 1024 }')"
+  fi
+  return "$rc"
+}
+
+# ------------------------------------------------------------------ main ----
+make_pki
+failures=0
+for t in "${target_list[@]}"; do
+  if [ "$t" = moat ]; then
+    if [ "$moat_mqtt_ready" != 1 ]; then
+      echo "== moat: skipped (start_moat in bench/mqtt.sh is not written yet)"
+      continue
+    fi
+    [ "$build" = 0 ] || cargo build --release -p moat
+  fi
+  for s in "${scenario_list[@]}"; do
+    echo "== $t: $s"
+    rc=0
+    start_target "$t" "$s" || rc=$?
+    if [ "$rc" = 3 ]; then echo "  skipped: $t cannot run"; break; fi
+    if [ "$rc" != 0 ]; then failures=$(( failures + 1 )); continue; fi
+    run_scenario "$t" "$s" || { failures=$(( failures + 1 )); echo "  FAILED: $t $s" >&2; }
+    stop_server
+  done
+done
+
+# One table, every target side by side; moat / mosquitto where both ran.
+metrics=(
+  "qos0 qos0_msgs QoS 0 fan-in, $publishers -> 1: delivered msg/s|higher"
+  "qos0 qos0_delivered_ratio QoS 0 fan-in: delivered / published, whole run|higher"
+  "qos0 qos0_server_peak_rss_mib QoS 0 fan-in: server peak RSS MiB|lower"
+  "qos1 qos1_msgs QoS 1 fan-in, $publishers -> 1: delivered msg/s|higher"
+  "qos1 qos1_delivered_ratio QoS 1 fan-in: delivered / published, whole run|higher"
+  "qos1 qos1_server_peak_rss_mib QoS 1 fan-in: server peak RSS MiB|lower"
+  "fanout fanout_max_rate fan-out, 1 -> $subscribers: highest msg/s kept up with|higher"
+  "fanout fanout_deliveries fan-out: deliveries/s there|higher"
+  "fanout fanout_published fan-out: published msg/s there|higher"
+  "fanout fanout_delivered_ratio fan-out: delivered / (published x subs) there|higher"
+  "fanout fanout_server_peak_rss_mib fan-out: server peak RSS MiB|lower"
+  "latency latency_load_msgs latency: background load, delivered msg/s|"
+  "latency latency_p50_us latency at half peak, QoS $latency_qos: p50 µs|lower"
+  "latency latency_p99_us latency at half peak, QoS $latency_qos: p99 µs|lower"
+  "idle idle_connected idle TLS connections held|higher"
+  "idle idle_rss_before_mib idle: server RSS before, MiB|lower"
+  "idle idle_rss_after_mib idle: server RSS with them, MiB|lower"
+  "idle idle_kib_per_conn idle: KiB a connection|lower"
+)
+ratio() {
+  awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b + 0 == 0) print ""; else printf "%.2f", a / b }'
+}
+has_both=0
+[[ " ${target_list[*]} " == *" moat "* && " ${target_list[*]} " == *" mosquitto "* ]] && has_both=1
+echo
+echo "== MQTT: $(nproc) cores, load generator on the same machine; ${duration} s measured after" \
+  "${warmup} s warm-up, payload $payload_size B; mqttv5 $("$mqttv5" --version 2>/dev/null | awk '{ print $NF }')," \
+  "$(mosquitto -h 2>/dev/null | head -n 1)"
+echo
+header="| metric |$(printf ' %s |' "${target_list[@]}")"
+sep="|---|$(printf -- '---:|%.0s' "${target_list[@]}")"
+if [ "$has_both" = 1 ]; then header+=" moat / mosquitto | better |"; sep+="---:|---|"; fi
+echo "$header"
+echo "$sep"
+for m in "${metrics[@]}"; do
+  scen=${m%% *}
+  rest=${m#* }
+  key=${rest%% *}
+  label=${rest#* }
+  better=${label##*|}
+  label=${label%|*}
+  [[ ",$scenarios," == *",$scen,"* ]] || continue
+  line="| $label |"
+  for t in "${target_list[@]}"; do line+=" ${res["$t/$key"]:--} |"; done
+  if [ "$has_both" = 1 ]; then
+    line+=" $(ratio "${res["moat/$key"]:-}" "${res["mosquitto/$key"]:-}") | $better |"
+  fi
+  echo "$line"
+done
+echo
+[ "$failures" = 0 ] || echo "$failures scenario(s) failed; logs in $work (use --keep to keep them)" >&2
+[ "$failures" = 0 ]
