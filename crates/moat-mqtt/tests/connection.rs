@@ -1,0 +1,618 @@
+//! The broker's connection loop in process, over in-memory pipes, with
+//! tokio's paused clock for everything timed (keep-alive, message expiry,
+//! will delay, session expiry). Packets are built with mqtt-protocol-core's
+//! builders and the server's answers read byte by byte, so the tests can
+//! also send what a well-behaved client library would refuse to.
+//!
+//! The broker runs in development mode (anonymous clients, open topics):
+//! these are protocol tests; the platform's rules are tested end to end in
+//! `crates/moat/tests/mqtt.rs`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use moat_core::audit::AuditChain;
+use moat_core::message::MessageStore;
+use moat_core::message::bus::Bus;
+use moat_core::sessions::SessionRegistry;
+use moat_core::store::Store;
+use moat_mqtt::protocol::{self, Frame};
+use moat_mqtt::{Broker, BrokerConfig, Peer};
+use mqtt_protocol_core::mqtt::packet::{
+    MessageExpiryInterval, Property, Qos, SessionExpiryInterval, SubEntry, SubOpts, TopicAlias,
+    WillDelayInterval, v5_0,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::sync::watch;
+
+struct Fixture {
+    broker: Arc<Broker>,
+    _dir: tempfile::TempDir,
+    _stop: watch::Sender<bool>,
+    stop: watch::Receiver<bool>,
+}
+
+fn fixture(config: BrokerConfig) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(
+        moat_store::SqliteStore::open(
+            &dir.path().join("moat.db"),
+            &[1; 32],
+            AuditChain::new([2; 32]),
+        )
+        .unwrap(),
+    );
+    let messages: Arc<dyn MessageStore> = Arc::new(
+        moat_store::SqliteMessageStore::open(&dir.path().join("messages.db"), &[3; 32]).unwrap(),
+    );
+    let bus: Arc<dyn Bus> = moat_bus::LocalBus::new(messages);
+    let broker = Broker::new(
+        BrokerConfig {
+            open_topics: true,
+            publish_rate: 0,
+            ..config
+        },
+        store,
+        bus,
+        SessionRegistry::new(),
+    );
+    let (tx, rx) = watch::channel(false);
+    Fixture {
+        broker,
+        _dir: dir,
+        _stop: tx,
+        stop: rx,
+    }
+}
+
+/// A raw client: writes packet bytes, reads the server's packets whole.
+struct Client {
+    io: DuplexStream,
+    buf: Vec<u8>,
+}
+
+impl Fixture {
+    fn client(&self) -> Client {
+        let (mine, theirs) = tokio::io::duplex(1 << 20);
+        let peer = Peer {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            certificate_device: None,
+            transport: "test",
+        };
+        tokio::spawn(moat_mqtt::serve(
+            Arc::clone(&self.broker),
+            theirs,
+            peer,
+            self.stop.clone(),
+        ));
+        Client {
+            io: mine,
+            buf: Vec::new(),
+        }
+    }
+
+    /// A connected v5 client.
+    async fn connected(&self, id: &str, props: Vec<Property>, clean: bool) -> (Client, Vec<u8>) {
+        let mut c = self.client();
+        let connect = v5_0::Connect::builder()
+            .client_id(id)
+            .unwrap()
+            .clean_start(clean)
+            .keep_alive(60)
+            .props(props)
+            .build()
+            .unwrap();
+        c.send(&connect.to_continuous_buffer()).await;
+        let connack = c.recv().await.expect("CONNACK");
+        assert_eq!(connack[0], 0x20, "{connack:?}");
+        assert_eq!(connack[3], 0, "CONNACK reason {connack:?}");
+        (c, connack)
+    }
+}
+
+impl Client {
+    async fn send(&mut self, bytes: &[u8]) {
+        self.io.write_all(bytes).await.unwrap();
+    }
+
+    /// The next whole packet, or `None` at end of stream (or after 60 s of
+    /// the paused clock, which advances on its own when all is idle).
+    async fn recv(&mut self) -> Option<Vec<u8>> {
+        loop {
+            if let Frame::Packet { total_len, .. } = protocol::frame(&self.buf, 1 << 24) {
+                return Some(self.buf.drain(..total_len).collect());
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(60), self.io.read(&mut chunk))
+                .await
+                .ok()?
+                .ok()?;
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Whether nothing arrives within `secs` of the paused clock.
+    async fn silent_for(&mut self, secs: u64) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut chunk = [0u8; 1];
+        tokio::time::timeout(Duration::from_secs(secs), self.io.read(&mut chunk))
+            .await
+            .is_err()
+    }
+
+    async fn subscribe(
+        &mut self,
+        id: u16,
+        filter: &str,
+        opts: SubOpts,
+        props: Vec<Property>,
+    ) -> Vec<u8> {
+        let sub = v5_0::Subscribe::builder()
+            .packet_id(id)
+            .entries(vec![SubEntry::new(filter, opts).unwrap()])
+            .props(props)
+            .build()
+            .unwrap();
+        self.send(&sub.to_continuous_buffer()).await;
+        let suback = self.recv().await.expect("SUBACK");
+        assert_eq!(suback[0], 0x90, "{suback:?}");
+        suback
+    }
+
+    async fn publish(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        qos: Qos,
+        retain: bool,
+        id: u16,
+        props: Vec<Property>,
+    ) {
+        let mut b = v5_0::Publish::builder()
+            .topic_name(topic)
+            .unwrap()
+            .qos(qos)
+            .retain(retain)
+            .payload(payload.to_vec())
+            .props(props);
+        if qos != Qos::AtMostOnce {
+            b = b.packet_id(id);
+        }
+        self.send(&b.build().unwrap().to_continuous_buffer()).await;
+    }
+}
+
+fn qos1() -> SubOpts {
+    SubOpts::new().set_qos(Qos::AtLeastOnce)
+}
+
+/// A received PUBLISH, parsed.
+fn publish_of(packet: &[u8]) -> v5_0::Publish {
+    assert_eq!(packet[0] >> 4, 3, "not a PUBLISH: {packet:?}");
+    let header = match protocol::frame(packet, usize::MAX) {
+        Frame::Packet { header_len, .. } => header_len,
+        other => panic!("{other:?}"),
+    };
+    let body: Arc<[u8]> = Arc::from(&packet[header..]);
+    v5_0::Publish::parse(packet[0] & 0x0f, body).unwrap().0
+}
+
+/// The reason code of a DISCONNECT (0 when omitted).
+fn disconnect_reason(packet: &[u8]) -> u8 {
+    assert_eq!(packet[0], 0xE0, "not a DISCONNECT: {packet:?}");
+    packet.get(2).copied().unwrap_or(0)
+}
+
+#[tokio::test(start_paused = true)]
+async fn keep_alive_runs_out_at_one_and_a_half_times_with_0x8d() {
+    let f = fixture(BrokerConfig::default());
+    let mut c = f.client();
+    let connect = v5_0::Connect::builder()
+        .client_id("sleepy")
+        .unwrap()
+        .keep_alive(10)
+        .build()
+        .unwrap();
+    c.send(&connect.to_continuous_buffer()).await;
+    assert_eq!(c.recv().await.unwrap()[0], 0x20);
+    // Silent for 14 s: still connected; at 15 s (1.5 x 10) it is cut.
+    assert!(c.silent_for(14).await);
+    let d = c.recv().await.expect("DISCONNECT");
+    assert_eq!(disconnect_reason(&d), 0x8D);
+    assert!(c.recv().await.is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_without_keep_alive_is_given_the_server_keep_alive() {
+    let f = fixture(BrokerConfig {
+        max_keep_alive: 20,
+        ..BrokerConfig::default()
+    });
+    let mut c = f.client();
+    let connect = v5_0::Connect::builder()
+        .client_id("forever")
+        .unwrap()
+        .keep_alive(0)
+        .build()
+        .unwrap();
+    c.send(&connect.to_continuous_buffer()).await;
+    let connack = c.recv().await.unwrap();
+    // Server Keep Alive (0x13) = 20.
+    assert!(
+        connack.windows(3).any(|w| w == [0x13, 0, 20]),
+        "{connack:?}"
+    );
+    assert!(c.silent_for(29).await);
+    assert_eq!(disconnect_reason(&c.recv().await.unwrap()), 0x8D);
+}
+
+#[tokio::test]
+async fn more_unacknowledged_publishes_than_receive_maximum_is_0x93() {
+    let f = fixture(BrokerConfig {
+        receive_maximum: 2,
+        ..BrokerConfig::default()
+    });
+    let (mut c, connack) = f.connected("eager", vec![], true).await;
+    // Receive Maximum (0x21) = 2 announced.
+    assert!(connack.windows(3).any(|w| w == [0x21, 0, 2]), "{connack:?}");
+    // Three QoS 1 PUBLISHes in one write: the third exceeds the window.
+    let mut bytes = Vec::new();
+    for id in 1..=3 {
+        bytes.extend(
+            v5_0::Publish::builder()
+                .topic_name("t")
+                .unwrap()
+                .qos(Qos::AtLeastOnce)
+                .packet_id(id)
+                .payload(b"x".to_vec())
+                .build()
+                .unwrap()
+                .to_continuous_buffer(),
+        );
+    }
+    c.send(&bytes).await;
+    let mut last = None;
+    while let Some(p) = c.recv().await {
+        last = Some(p);
+    }
+    assert_eq!(disconnect_reason(&last.unwrap()), 0x93);
+}
+
+#[tokio::test]
+async fn a_packet_over_the_maximum_size_is_0x95_before_its_body_arrives() {
+    let f = fixture(BrokerConfig {
+        max_packet_size: 128,
+        ..BrokerConfig::default()
+    });
+    let (mut c, connack) = f.connected("big", vec![], true).await;
+    // Maximum Packet Size (0x27) = 128 announced.
+    assert!(
+        connack.windows(5).any(|w| w == [0x27, 0, 0, 0, 128]),
+        "{connack:?}"
+    );
+    // Only the fixed header of a 300-byte PUBLISH: refused already.
+    c.send(&[0x30, 0xAC, 0x02]).await;
+    assert_eq!(disconnect_reason(&c.recv().await.unwrap()), 0x95);
+    assert!(c.recv().await.is_none());
+}
+
+#[tokio::test]
+async fn no_local_retain_as_published_and_subscription_identifiers() {
+    let f = fixture(BrokerConfig::default());
+    let (mut a, _) = f.connected("a", vec![], true).await;
+    let (mut b, _) = f.connected("b", vec![], true).await;
+    // `a` subscribes with no-local; `b` with retain-as-published and an
+    // identifier.
+    a.subscribe(1, "room/#", qos1().set_nl(true), vec![]).await;
+    b.subscribe(
+        1,
+        "room/+",
+        qos1().set_rap(true),
+        vec![Property::SubscriptionIdentifier(
+            mqtt_protocol_core::mqtt::packet::SubscriptionIdentifier::new(7).unwrap(),
+        )],
+    )
+    .await;
+    a.publish("room/1", b"hi", Qos::AtLeastOnce, true, 5, vec![])
+        .await;
+    let ack = a.recv().await.unwrap();
+    assert_eq!(ack[0], 0x40, "PUBACK {ack:?}");
+    // `a` does not hear itself.
+    assert!(a.silent_for(1).await);
+    let p = publish_of(&b.recv().await.unwrap());
+    assert_eq!(p.topic_name(), "room/1");
+    assert!(p.retain(), "retain as published");
+    assert!(
+        p.props()
+            .iter()
+            .any(|x| matches!(x, Property::SubscriptionIdentifier(i) if i.val() == 7)),
+        "{:?}",
+        p.props()
+    );
+}
+
+#[tokio::test]
+async fn retained_messages_follow_retain_handling_and_an_empty_one_clears() {
+    let f = fixture(BrokerConfig::default());
+    let (mut p, _) = f.connected("p", vec![], true).await;
+    p.publish("lamp/state", b"on", Qos::AtLeastOnce, true, 1, vec![])
+        .await;
+    p.recv().await.unwrap();
+    assert_eq!(f.broker.retained_count(), 1);
+
+    let (mut s, _) = f.connected("s", vec![], true).await;
+    // Retain handling 2: never sent on subscribe.
+    s.subscribe(
+        1,
+        "lamp/#",
+        qos1().set_rh(mqtt_protocol_core::mqtt::packet::RetainHandling::DoNotSendRetained),
+        vec![],
+    )
+    .await;
+    assert!(s.silent_for(1).await);
+    // Retain handling 0: sent, with RETAIN set.
+    s.subscribe(2, "lamp/state", qos1(), vec![]).await;
+    let got = publish_of(&s.recv().await.unwrap());
+    assert!(got.retain());
+    assert_eq!(got.payload().as_slice(), b"on");
+
+    // An empty retained message clears the topic.
+    p.publish("lamp/state", b"", Qos::AtLeastOnce, true, 2, vec![])
+        .await;
+    p.recv().await.unwrap();
+    assert_eq!(f.broker.retained_count(), 0);
+}
+
+#[tokio::test]
+async fn topic_aliases_from_the_client_are_resolved() {
+    let f = fixture(BrokerConfig::default());
+    let (mut s, _) = f.connected("s", vec![], true).await;
+    s.subscribe(1, "long/topic/name", qos1(), vec![]).await;
+    let (mut p, _) = f.connected("p", vec![], true).await;
+    let alias = |n| vec![Property::TopicAlias(TopicAlias::new(n).unwrap())];
+    p.publish(
+        "long/topic/name",
+        b"1",
+        Qos::AtLeastOnce,
+        false,
+        1,
+        alias(3),
+    )
+    .await;
+    p.recv().await.unwrap();
+    // The alias alone, with an empty topic.
+    let second = v5_0::Publish::builder()
+        .topic_name("")
+        .unwrap()
+        .qos(Qos::AtLeastOnce)
+        .packet_id(2)
+        .payload(b"2".to_vec())
+        .props(alias(3))
+        .build()
+        .unwrap();
+    p.send(&second.to_continuous_buffer()).await;
+    p.recv().await.unwrap();
+    for want in [b"1", b"2"] {
+        let got = publish_of(&s.recv().await.unwrap());
+        assert_eq!(got.topic_name(), "long/topic/name");
+        assert_eq!(got.payload().as_slice(), want);
+    }
+}
+
+#[tokio::test]
+async fn shared_subscriptions_take_turns() {
+    let f = fixture(BrokerConfig::default());
+    let (mut a, _) = f.connected("a", vec![], true).await;
+    let (mut b, _) = f.connected("b", vec![], true).await;
+    a.subscribe(1, "$share/workers/jobs", qos1(), vec![]).await;
+    b.subscribe(1, "$share/workers/jobs", qos1(), vec![]).await;
+    let (mut p, _) = f.connected("p", vec![], true).await;
+    for i in 0..4u16 {
+        p.publish("jobs", &[i as u8], Qos::AtLeastOnce, false, i + 1, vec![])
+            .await;
+        p.recv().await.unwrap();
+    }
+    let mut counts = [0, 0];
+    for (n, c) in [&mut a, &mut b].into_iter().enumerate() {
+        for _ in 0..2 {
+            let got = publish_of(&c.recv().await.unwrap());
+            assert_eq!(got.topic_name(), "jobs");
+            counts[n] += 1;
+        }
+        assert!(c.silent_for(1).await);
+    }
+    assert_eq!(counts, [2, 2]);
+}
+
+fn session_expiry(secs: u32) -> Vec<Property> {
+    vec![Property::SessionExpiryInterval(
+        SessionExpiryInterval::new(secs).unwrap(),
+    )]
+}
+
+#[tokio::test(start_paused = true)]
+async fn messages_expire_in_an_offline_queue_and_sessions_expire() {
+    let f = fixture(BrokerConfig::default());
+    let (mut s, _) = f.connected("s", session_expiry(60), false).await;
+    s.subscribe(1, "news", qos1(), vec![]).await;
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let (mut p, _) = f.connected("p", vec![], true).await;
+    let expiry = |n| {
+        vec![Property::MessageExpiryInterval(
+            MessageExpiryInterval::new(n).unwrap(),
+        )]
+    };
+    p.publish("news", b"stale", Qos::AtLeastOnce, false, 1, expiry(5))
+        .await;
+    p.recv().await.unwrap();
+    p.publish("news", b"fresh", Qos::AtLeastOnce, false, 2, expiry(100))
+        .await;
+    p.recv().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+
+    // Back within the session expiry: only the unexpired message, with
+    // what is left of its interval.
+    let (mut s, connack) = f.connected("s", session_expiry(60), false).await;
+    assert_eq!(connack[2] & 1, 1, "session present");
+    let got = publish_of(&s.recv().await.unwrap());
+    assert_eq!(got.payload().as_slice(), b"fresh");
+    let left = got.props().iter().find_map(|x| match x {
+        Property::MessageExpiryInterval(e) => Some(e.val()),
+        _ => None,
+    });
+    assert!(matches!(left, Some(89..=90)), "{left:?}");
+    assert!(s.silent_for(1).await);
+    drop(s);
+
+    // Away longer than the session expiry: the session is gone.
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    assert_eq!(f.broker.session_count(), 1, "only p's session is left");
+    let (_s, connack) = f.connected("s", session_expiry(60), false).await;
+    assert_eq!(connack[2] & 1, 0, "no session present");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_delayed_will_is_cancelled_by_a_resume_and_sent_otherwise() {
+    let f = fixture(BrokerConfig::default());
+    let (mut watcher, _) = f.connected("watcher", vec![], true).await;
+    watcher.subscribe(1, "status/#", qos1(), vec![]).await;
+
+    let will_connect = |id: &str| {
+        v5_0::Connect::builder()
+            .client_id(id)
+            .unwrap()
+            .clean_start(false)
+            .keep_alive(60)
+            .props(session_expiry(300))
+            .will_message(
+                format!("status/{id}").as_str(),
+                "gone",
+                Qos::AtLeastOnce,
+                false,
+            )
+            .unwrap()
+            .will_props(vec![Property::WillDelayInterval(
+                WillDelayInterval::new(10).unwrap(),
+            )])
+            .build()
+            .unwrap()
+            .to_continuous_buffer()
+    };
+
+    // Drops, comes back after 5 s: no will.
+    let mut d = f.client();
+    d.send(&will_connect("flaky")).await;
+    d.recv().await.unwrap();
+    drop(d);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut d = f.client();
+    d.send(&will_connect("flaky")).await;
+    d.recv().await.unwrap();
+    assert!(
+        watcher.silent_for(20).await,
+        "a resumed session sends no will"
+    );
+
+    // Drops for good: the will comes after its delay, not before.
+    drop(d);
+    assert!(watcher.silent_for(9).await);
+    let will = publish_of(&watcher.recv().await.unwrap());
+    assert_eq!(will.topic_name(), "status/flaky");
+    assert_eq!(will.payload().as_slice(), b"gone");
+}
+
+#[tokio::test]
+async fn a_normal_disconnect_discards_the_will_and_0x04_sends_it() {
+    let f = fixture(BrokerConfig::default());
+    let (mut watcher, _) = f.connected("watcher", vec![], true).await;
+    watcher.subscribe(1, "status/#", qos1(), vec![]).await;
+    for (id, reason) in [("polite", 0x00u8), ("dramatic", 0x04)] {
+        let mut c = f.client();
+        let connect = v5_0::Connect::builder()
+            .client_id(id)
+            .unwrap()
+            .will_message(
+                format!("status/{id}").as_str(),
+                "bye",
+                Qos::AtMostOnce,
+                false,
+            )
+            .unwrap()
+            .build()
+            .unwrap();
+        c.send(&connect.to_continuous_buffer()).await;
+        c.recv().await.unwrap();
+        c.send(&[0xE0, 0x01, reason]).await;
+        assert!(c.recv().await.is_none());
+    }
+    let will = publish_of(&watcher.recv().await.unwrap());
+    assert_eq!(will.topic_name(), "status/dramatic");
+    assert!(watcher.silent_for(1).await);
+}
+
+#[tokio::test]
+async fn protocol_violations_close_with_their_reason_codes() {
+    let f = fixture(BrokerConfig::default());
+    let cases: Vec<(&str, Vec<u8>, u8)> = vec![
+        // Wildcard in a PUBLISH topic name.
+        ("wildcard topic", b"\x30\x05\x00\x03a/+".to_vec(), 0x90),
+        // QoS 1 with packet id 0.
+        (
+            "packet id 0",
+            b"\x32\x06\x00\x01a\x00\x00\x00".to_vec(),
+            0x81,
+        ),
+        // A Subscription Identifier in a client PUBLISH.
+        (
+            "subscription identifier",
+            b"\x30\x06\x00\x01a\x02\x0b\x01".to_vec(),
+            0x82,
+        ),
+        // A second CONNECT.
+        (
+            "second connect",
+            v5_0::Connect::builder()
+                .client_id("x")
+                .unwrap()
+                .build()
+                .unwrap()
+                .to_continuous_buffer(),
+            0x82,
+        ),
+    ];
+    for (what, bytes, code) in cases {
+        let (mut c, _) = f.connected("v", vec![], true).await;
+        c.send(&bytes).await;
+        let mut last = None;
+        while let Some(p) = c.recv().await {
+            last = Some(p);
+        }
+        let last = last.unwrap_or_else(|| panic!("{what}: closed without DISCONNECT"));
+        assert_eq!(disconnect_reason(&last), code, "{what}: {last:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_takeover_hands_the_session_over_with_0x8e() {
+    let f = fixture(BrokerConfig::default());
+    let (mut first, _) = f.connected("same", session_expiry(60), false).await;
+    first.subscribe(1, "t", qos1(), vec![]).await;
+    let (mut second, connack) = f.connected("same", session_expiry(60), false).await;
+    assert_eq!(
+        connack[2] & 1,
+        1,
+        "the session moved, subscriptions and all"
+    );
+    let d = first.recv().await.unwrap();
+    assert_eq!(disconnect_reason(&d), 0x8E);
+    let (mut p, _) = f.connected("p", vec![], true).await;
+    p.publish("t", b"x", Qos::AtLeastOnce, false, 1, vec![])
+        .await;
+    assert_eq!(publish_of(&second.recv().await.unwrap()).topic_name(), "t");
+}
