@@ -616,3 +616,117 @@ async fn a_takeover_hands_the_session_over_with_0x8e() {
         .await;
     assert_eq!(publish_of(&second.recv().await.unwrap()).topic_name(), "t");
 }
+
+#[tokio::test]
+async fn properties_travel_with_the_message_and_aliases_go_out() {
+    use mqtt_protocol_core::mqtt::packet::{
+        ContentType, CorrelationData, MaximumPacketSize, PayloadFormat, PayloadFormatIndicator,
+        ResponseTopic, TopicAliasMaximum, UserProperty,
+    };
+    let f = fixture(BrokerConfig::default());
+    // The subscriber takes topic aliases and at most 100-byte packets.
+    let (mut s, _) = f
+        .connected(
+            "s",
+            vec![
+                Property::TopicAliasMaximum(TopicAliasMaximum::new(4).unwrap()),
+                Property::MaximumPacketSize(MaximumPacketSize::new(100).unwrap()),
+            ],
+            true,
+        )
+        .await;
+    s.subscribe(1, "req/#", qos1(), vec![]).await;
+    let (mut p, _) = f.connected("p", vec![], true).await;
+    let props = vec![
+        Property::PayloadFormatIndicator(
+            PayloadFormatIndicator::new(PayloadFormat::String).unwrap(),
+        ),
+        Property::ContentType(ContentType::new("application/json").unwrap()),
+        Property::ResponseTopic(ResponseTopic::new("resp/1").unwrap()),
+        Property::CorrelationData(CorrelationData::new(b"c-7".to_vec()).unwrap()),
+        Property::UserProperty(UserProperty::new("k", "v1").unwrap()),
+        Property::UserProperty(UserProperty::new("k", "v2").unwrap()),
+    ];
+    p.publish("req/a", b"{}", Qos::AtLeastOnce, false, 1, props.clone())
+        .await;
+    p.recv().await.unwrap();
+    // Too big for the subscriber: discarded, not sent (§3.1.2.11.4).
+    p.publish("req/a", &[b'x'; 200], Qos::AtLeastOnce, false, 2, vec![])
+        .await;
+    p.recv().await.unwrap();
+    p.publish("req/a", b"again", Qos::AtLeastOnce, false, 3, vec![])
+        .await;
+    p.recv().await.unwrap();
+
+    let first = publish_of(&s.recv().await.unwrap());
+    assert_eq!(first.topic_name(), "req/a");
+    for want in &props {
+        assert!(
+            first.props().contains(want),
+            "{want:?} missing from {:?}",
+            first.props()
+        );
+    }
+    // The user properties keep their order.
+    let users: Vec<_> = first
+        .props()
+        .iter()
+        .filter_map(|x| match x {
+            Property::UserProperty(u) => Some(u.val().to_owned()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(users, ["v1", "v2"]);
+    // The next one to the same topic goes by its alias: an empty topic.
+    let second = s.recv().await.unwrap();
+    assert_eq!(second[0] >> 4, 3);
+    assert_eq!(
+        &second[2..4],
+        [0, 0],
+        "empty topic name, alias instead: {second:?}"
+    );
+    assert!(s.silent_for(1).await, "the oversized message was not sent");
+}
+
+#[tokio::test]
+async fn a_subscriber_that_stops_reading_neither_stalls_others_nor_grows() {
+    use mqtt_protocol_core::mqtt::packet::ReceiveMaximum;
+    let f = fixture(BrokerConfig {
+        max_queued: 10,
+        ..BrokerConfig::default()
+    });
+    // `slow` takes one message in flight and never acknowledges it.
+    let (mut slow, _) = f
+        .connected(
+            "slow",
+            vec![Property::ReceiveMaximum(ReceiveMaximum::new(1).unwrap())],
+            true,
+        )
+        .await;
+    slow.subscribe(1, "feed", qos1(), vec![]).await;
+    let (mut fast, _) = f.connected("fast", vec![], true).await;
+    fast.subscribe(1, "feed", qos1(), vec![]).await;
+    let (mut p, _) = f.connected("p", vec![], true).await;
+    for i in 0..200u16 {
+        p.publish(
+            "feed",
+            &i.to_be_bytes(),
+            Qos::AtLeastOnce,
+            false,
+            i + 1,
+            vec![],
+        )
+        .await;
+        let ack = p.recv().await.unwrap();
+        assert_eq!(ack[0], 0x40, "publisher acknowledged at once: {ack:?}");
+        // `fast` acknowledges each one and gets them all, in order.
+        let got = publish_of(&fast.recv().await.unwrap());
+        assert_eq!(got.payload().as_slice(), i.to_be_bytes());
+        let id = got.packet_id().unwrap();
+        fast.send(&[0x40, 0x02, (id >> 8) as u8, id as u8]).await;
+    }
+    // `slow` got its one message; the rest beyond its queue were dropped.
+    let first = publish_of(&slow.recv().await.unwrap());
+    assert_eq!(first.payload().as_slice(), 0u16.to_be_bytes());
+    assert!(slow.silent_for(1).await);
+}
