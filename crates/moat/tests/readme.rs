@@ -1,4 +1,4 @@
-//! README's curl quickstart, device-certificate and messages sections, run as written
+//! README's curl quickstart, device-certificate, messages and MQTT sections, run as written
 //! against a real server: the docs a newcomer follows must work.
 
 mod common;
@@ -23,14 +23,17 @@ fn curl_quickstart() -> String {
     sh_block("### 3. With curl")
         + &sh_block("### 4. A device with its own certificate")
         + &sh_block("### 5. Messages")
+        + &sh_block("### 6. MQTT")
 }
 
 #[tokio::test]
 async fn the_curl_quickstart_works_as_written() {
     let server = Server::start();
     let port = server.url.rsplit(':').next().unwrap();
+    let mqtt_port = server.mqtt.rsplit(':').next().unwrap();
     let script = curl_quickstart()
         .replace("localhost:8443", &format!("localhost:{port}"))
+        .replace("-p 8883", &format!("-p {mqtt_port}"))
         .replace("moat-data/ca.pem", server.ca_path().to_str().unwrap())
         .replace("<the bootstrap password>", ADMIN_PASSWORD);
     let dir = tempfile::tempdir().unwrap();
@@ -53,9 +56,13 @@ async fn the_curl_quickstart_works_as_written() {
         .into_iter()
         .collect::<Result<_, _>>()
         .expect("every output is JSON");
-    let [.., devices, me, ack, temps, hourly] = docs.as_slice() else {
+    let [.., devices, me, ack, temps, hourly, heard, over_mqtt] = docs.as_slice() else {
         panic!("too few outputs: {docs:?}");
     };
+    // Section 6: mosquitto_sub heard the mosquitto_pub, and it was stored.
+    assert_eq!(heard[0]["v"], 72, "{heard}");
+    assert_eq!(over_mqtt["messages"][0]["protocol"], "mqtt", "{over_mqtt}");
+    assert_eq!(over_mqtt["messages"][0]["subtopic"], "floor/2", "{over_mqtt}");
     assert_eq!(ack["records"], 2, "{ack}");
     assert_eq!(temps["records"][0]["v"], 71.5, "{temps}");
     assert_eq!(temps["records"][0]["u"], "Cel");
