@@ -69,10 +69,12 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         verifier,
         &[b"h2", b"http/1.1"],
     )?;
+    // No ALPN list for MQTT: clients that offer a name of their own (cloud
+    // SDKs send `x-amzn-mqtt-ca`) would otherwise be refused.
     let mqtt_tls = moat_pki::tls::listener_config(
         Arc::clone(&pki.server_cert),
         DeviceVerifier::new(Arc::clone(&pki.index), false),
-        &[b"mqtt"],
+        &[],
     )?;
     tokio::spawn(renew_server_cert(Arc::clone(&pki)));
 
