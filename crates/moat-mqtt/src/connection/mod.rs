@@ -39,6 +39,9 @@ type Server = mqtt::Connection<mqtt::role::Server>;
 
 /// How long one write to a client may take before it counts as stalled.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Read buffer sizes: idle connections (most of them) keep a small one.
+const READ_IDLE: usize = 512;
+const READ_BUSY: usize = 16 * 1024;
 /// Deliveries sent per turn of the loop before reading again.
 const SEND_BATCH: usize = 64;
 
@@ -153,7 +156,9 @@ impl<W: AsyncWrite + Unpin + Send> Conn<W> {
             broker,
             mqtt,
             writer,
-            out: Vec::with_capacity(4096),
+            // Small until used: most devices are idle most of the time, and
+            // idle connections are what a broker holds by the ten thousand.
+            out: Vec::new(),
             peer,
             open: None,
             connect_seen: false,
@@ -172,10 +177,19 @@ impl<W: AsyncWrite + Unpin + Send> Conn<W> {
         mut reader: R,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let mut buf: Vec<u8> = Vec::with_capacity(8192);
+        let mut buf: Vec<u8> = Vec::with_capacity(READ_IDLE);
         let connect_deadline = Instant::now() + self.broker.config.connect_timeout;
         let max = self.broker.config.max_packet_size as usize;
+        // Whether the last read filled the buffer: a busy client gets a
+        // large buffer, an idle one a small one.
+        let mut busy = false;
         while self.ending.is_none() {
+            if buf.capacity() - buf.len() < 256 {
+                buf.reserve(if busy { READ_BUSY } else { READ_IDLE });
+            } else if !busy && buf.is_empty() && buf.capacity() > READ_BUSY {
+                buf = Vec::with_capacity(READ_IDLE);
+            }
+            let spare = buf.capacity() - buf.len();
             let can_send = self.open.is_some() && self.held.is_none();
             let keep_alive = self.keep_alive;
             let deadline = if self.open.is_none() {
@@ -209,7 +223,10 @@ impl<W: AsyncWrite + Unpin + Send> Conn<W> {
                 }
                 r = reader.read_buf(&mut buf) => match r {
                     Ok(0) | Err(_) => self.ending = Some(Ending::Closed),
-                    Ok(_) => self.on_bytes(&mut buf, max).await,
+                    Ok(n) => {
+                        busy = n >= spare;
+                        self.on_bytes(&mut buf, max).await;
+                    }
                 },
                 d = recv_delivery(&mut self.open), if can_send => {
                     if let Some(d) = d {
@@ -271,9 +288,6 @@ impl<W: AsyncWrite + Unpin + Send> Conn<W> {
             }
         }
         buf.drain(..consumed);
-        if buf.capacity() > 64 * 1024 && buf.len() < 1024 {
-            buf.shrink_to(8192);
-        }
         self.handle(events).await;
     }
 
@@ -411,7 +425,7 @@ impl<W: AsyncWrite + Unpin + Send> Conn<W> {
             metrics::counter!("moat_mqtt_write_failures_total").increment(1);
         }
         self.out.clear();
-        if self.out.capacity() > 256 * 1024 {
+        if self.out.capacity() > 64 * 1024 {
             self.out.shrink_to(4096);
         }
         ok
