@@ -730,3 +730,24 @@ async fn a_subscriber_that_stops_reading_neither_stalls_others_nor_grows() {
     assert_eq!(first.payload().as_slice(), 0u16.to_be_bytes());
     assert!(slow.silent_for(1).await);
 }
+
+#[tokio::test]
+async fn an_empty_client_id_is_assigned_one_and_a_false_utf8_claim_is_0x99() {
+    use mqtt_protocol_core::mqtt::packet::{PayloadFormat, PayloadFormatIndicator};
+    let f = fixture(BrokerConfig::default());
+    let (mut c, connack) = f.connected("", vec![], true).await;
+    // Assigned Client Identifier (0x12) = "moat-…".
+    let at = connack
+        .iter()
+        .position(|b| *b == 0x12)
+        .expect("assigned id");
+    assert_eq!(&connack[at + 3..at + 8], b"moat-", "{connack:?}");
+    let utf8 = vec![Property::PayloadFormatIndicator(
+        PayloadFormatIndicator::new(PayloadFormat::String).unwrap(),
+    )];
+    c.publish("t", &[0xC3, 0x28], Qos::AtLeastOnce, false, 1, utf8)
+        .await;
+    let ack = c.recv().await.unwrap();
+    assert_eq!(ack[0], 0x40, "{ack:?}");
+    assert_eq!(ack[4], 0x99, "{ack:?}");
+}

@@ -604,3 +604,65 @@ async fn paho_python_clients_speak_both_versions_over_mutual_tls_and_websocket()
     // Each client publishes at QoS 0, 1 and 2.
     assert_eq!(stored.len(), 12, "{stored:?}");
 }
+
+#[tokio::test]
+async fn wildcards_reach_only_the_channels_a_device_may_read() {
+    let server = Server::start();
+    let admin = admin(&server).await;
+    let mine = admin
+        .create(
+            "/channels",
+            json!({"name": "mine", "payload_policy": "opaque"}),
+        )
+        .await;
+    let theirs = admin
+        .create(
+            "/channels",
+            json!({"name": "theirs", "payload_policy": "opaque"}),
+        )
+        .await;
+    // Another tenant's channel, with its own device publishing.
+    let tenant = admin.create("/tenants", json!({"name": "other-co"})).await;
+    let foreign = admin
+        .create(
+            "/channels",
+            json!({"name": "foreign", "payload_policy": "opaque", "tenant_id": tenant}),
+        )
+        .await;
+    let dev = device(&admin, &mine, "curious", false, true).await;
+
+    let (client, mut events) =
+        rumqttc::v5::AsyncClient::new(v5_with_key(&server, "curious-1", &dev.device, &dev.key), 16);
+    next_v5(&mut events, 10).await.unwrap();
+    client.subscribe("#", QoS::AtLeastOnce).await.unwrap();
+    client
+        .subscribe("channels/+/messages/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let suback = expect_v5(&mut events, "SUBACK", |p| matches!(p, Packet::SubAck(_))).await;
+        assert!(
+            matches!(&suback, Packet::SubAck(s) if s.return_codes == [SubscribeReasonCode::Success(QoS::AtLeastOnce)]),
+            "{suback:?}"
+        );
+    }
+    let token = format!("Bearer {}", server.admin_token().await);
+    for (channel, body) in [(&theirs, "no"), (&foreign, "never"), (&mine, "yes")] {
+        let r = common::messages::publish(&server, &token, channel, "x", "", body).await;
+        assert_eq!(r.status, 202, "{r:?}");
+    }
+    // Only its own channel's message arrives (once, though two filters match).
+    let got = expect_v5(&mut events, "PUBLISH", |p| matches!(p, Packet::Publish(_))).await;
+    let Packet::Publish(got) = got else {
+        unreachable!()
+    };
+    assert_eq!(got.payload, "yes");
+    assert_eq!(
+        got.topic,
+        Bytes::from(format!("channels/{mine}/messages/x"))
+    );
+    assert!(
+        next_v5(&mut events, 2).await.is_err(),
+        "nothing else arrives"
+    );
+}

@@ -62,7 +62,10 @@ async fn the_curl_quickstart_works_as_written() {
     // Section 6: mosquitto_sub heard the mosquitto_pub, and it was stored.
     assert_eq!(heard[0]["v"], 72, "{heard}");
     assert_eq!(over_mqtt["messages"][0]["protocol"], "mqtt", "{over_mqtt}");
-    assert_eq!(over_mqtt["messages"][0]["subtopic"], "floor/2", "{over_mqtt}");
+    assert_eq!(
+        over_mqtt["messages"][0]["subtopic"], "floor/2",
+        "{over_mqtt}"
+    );
     assert_eq!(ack["records"], 2, "{ack}");
     assert_eq!(temps["records"][0]["v"], 71.5, "{temps}");
     assert_eq!(temps["records"][0]["u"], "Cel");

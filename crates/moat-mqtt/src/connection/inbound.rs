@@ -88,6 +88,19 @@ impl<W: AsyncWrite + Unpin + Send> Conn<W> {
                 return self.violation(0x90, "invalid topic name");
             }
             self.tokens -= 1.0;
+            // MQTT-3.3.2-4 lets the receiver check a payload that claims to
+            // be UTF-8; Moat does (0x99).
+            let claims_utf8 = p
+                .props
+                .iter()
+                .any(|x| matches!(x, Property::PayloadFormatIndicator(f) if f.val() == 1));
+            if claims_utf8 && std::str::from_utf8(p.payload.as_slice()).is_err() {
+                outcomes.push(Outcome::Refused {
+                    code: 0x99,
+                    reason: "the payload format indicator says UTF-8; the payload is not".into(),
+                });
+                continue;
+            }
             let target = self
                 .broker
                 .authorize_publish(principal.as_ref(), &p.topic, &mut self.decisions)
