@@ -21,11 +21,15 @@
 #                 [--work-dir DIR] [--keep] [--no-build]
 #
 # Targets: mosquitto (TLS, client certificate required), mosquitto-plain
-# (the same broker on plain TCP: what TLS costs) and moat (start_moat below,
-# not written yet: skipped until it is). Every scenario gets a fresh server.
-# Needs mosquitto, openssl, jq, python3 (scripts/install-test-deps) and
-# mqttv5 (cargo install mqttv5-cli). Everything listens on 127.0.0.1, on
-# ports picked here; every command is bounded by a timeout.
+# (the same broker on plain TCP: what TLS costs) and moat (MQTT over TLS
+# with a device certificate Moat issued, on an opaque channel; QoS 1 is
+# acknowledged once stored; its per-client publish rate limit is off, see
+# start_moat). Every scenario gets a fresh server (Moat: a fresh data
+# directory). Moat's binary is $MOAT_BIN, else target/release/moat, built
+# first unless --no-build. Needs mosquitto, openssl, jq, python3, curl
+# (scripts/install-test-deps) and mqttv5 (cargo install mqttv5-cli).
+# Everything listens on 127.0.0.1, on ports picked here; every command is
+# bounded by a timeout.
 set -euo pipefail
 
 targets=mosquitto,moat
@@ -46,7 +50,7 @@ keep=0
 build=1
 
 usage() {
-  sed -n '2,28s/^# \{0,1\}//p' "$0"
+  sed -n '2,32s/^# \{0,1\}//p' "$0"
   exit "${1:-0}"
 }
 
@@ -98,7 +102,9 @@ done
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-for tool in mosquitto openssl jq python3 timeout; do
+tools=(mosquitto openssl jq python3 timeout)
+[[ ",$targets," != *",moat,"* ]] || tools+=(curl)
+for tool in "${tools[@]}"; do
   command -v "$tool" >/dev/null || { echo "$tool is missing: run scripts/install-test-deps" >&2; exit 1; }
 done
 mqttv5=$(command -v mqttv5 || true)
@@ -201,47 +207,84 @@ start_mosquitto() { # LOG [plain]
   }
 }
 
-# Set to 1 once start_moat below works; until then the moat target is
-# skipped (and not built).
-moat_mqtt_ready=0
+# Moat: the binary from MOAT_BIN, else target/release/moat (built by the
+# main loop below unless --no-build). A fixed benchmark master key and admin
+# password, never real ones (the same as bench/messages.sh).
+moat_mqtt_ready=1
+moat_bin=${MOAT_BIN:-$root/target/release/moat}
+moat_master_key=6d6f61742d62656e63682d6d61737465722d6b65792d6e6f742d736563726574
+moat_admin_password=moat-bench-admin-password
+# Moat's per-client PUBLISH rate limit (MOAT_MQTT_PUBLISH_RATE, 1000/s by
+# default) would measure the throttle, not the broker: off (0) unless the
+# environment sets it. Its other broker settings are left at their defaults
+# (MOAT_MQTT_MAX_QUEUED 1000 a session, MOAT_MQTT_MAX_INFLIGHT 100, ...) or
+# whatever MOAT_MQTT_* the environment sets: moat reads them itself.
+moat_publish_rate=${MOAT_MQTT_PUBLISH_RATE:-0}
 
+# `moat_api METHOD PATH [JSON]`: the response body on stdout; fails (with
+# the body on stderr) on an HTTP error. Uses moat_ca, moat_api_url, moat_token.
+moat_api() {
+  local out rc=0
+  out=$(curl -sS --fail-with-body --max-time 30 --cacert "$moat_ca" -X "$1" \
+    -H "authorization: Bearer ${moat_token:-}" -H 'content-type: application/json' \
+    ${3:+--data "$3"} "$moat_api_url$2") || rc=$?
+  if [ "$rc" != 0 ]; then
+    echo "moat: $1 $2 failed (curl exit $rc): $out" >&2
+    return 1
+  fi
+  printf '%s\n' "$out"
+}
+
+# A fresh data directory (an empty store) for every scenario, beside its
+# log: $work/moat-SCENARIO.data. Then, through the API as the bootstrap
+# admin: one opaque channel (any payload bytes, no SenML parsing), one
+# device connected to it with publish and subscribe rights, and a
+# certificate for that device from an openssl P-256 CSR. Every benchmark
+# connection presents that one certificate (each with its own client id)
+# and uses channels/CHANNEL/messages/bench/... as its topic prefix.
 start_moat() { # LOG
-  [ "$moat_mqtt_ready" = 1 ] || return 3
-  # TODO(issue 5, MQTT broker): start Moat with its MQTT TLS listener and
-  # provision what the benchmark clients present. What it needs:
-  #
-  # - The MQTT TLS listener on loopback. The work in progress has
-  #   `--mqtt-listen ADDR` (default 0.0.0.0:8883: always pass 127.0.0.1:0
-  #   here) and prints "mqtt listening on ADDR" on stdout, e.g.
-  #     MOAT_LOG=warn "$root/target/release/moat" serve --data-dir "$work/moat-data" \
-  #       --listen 127.0.0.1:0 --mqtt-listen 127.0.0.1:0 --server-name 127.0.0.1 \
-  #       >"$work/moat.out" 2>>"$1" &
-  #   then poll moat.out for that line as bench/messages.sh polls for
-  #   "https listening on" (bounded). Set srv_pid to the moat process itself
-  #   (not a wrapper: its RSS is read), srv_port, srv_tls=1, srv_log=$1,
-  #   srv_url=mqtts://127.0.0.1:PORT. MOAT_MASTER_KEY and
-  #   MOAT_ADMIN_PASSWORD as bench/messages.sh sets them.
-  # - The server's CA, to verify it: srv_ca=$work/moat-data/ca.pem, and
-  #   srv_name = a name in its certificate (the URL says 127.0.0.1, so the
-  #   certificate needs that IP in its SAN: --server-name 127.0.0.1).
-  # - A device certificate and key (ADR 003): create a tenant, a channel and
-  #   one device through the API (moat-bench setup does the HTTP part for
-  #   bench/messages.sh), have its CSR signed, write the PEMs and set
-  #   srv_cert/srv_key. mqttv5 bench presents this ONE certificate on every
-  #   connection (100 publishers, 1 or 1000 subscribers, client ids
-  #   "mqttv5-bench-<random>-pub-<i>"/"-sub-<i>"), and mqtt_idle.py on all
-  #   10,000: the broker must allow many concurrent sessions per device
-  #   with client ids it did not choose, or the bench cannot run as is.
-  #   It sends no user name or password (mqttv5 bench has no such option).
-  # - srv_topic: a topic prefix that device may publish AND subscribe under
-  #   (e.g. its channel's topic); scenarios publish to $srv_topic/<scenario>/<n>
-  #   and subscribe to $srv_topic/<scenario>/#. Payloads are raw bytes (an
-  #   8-byte timestamp, a 4-byte sequence number, zeros): the broker must
-  #   route payloads it cannot parse as SenML, or the bench needs
-  #   --payload-format json (not SenML either).
-  # - MQTT 5.0: mqttv5 bench speaks only 5.0 (it has no --protocol-version).
-  # - wait_port "$srv_port" "$srv_pid" before returning 0.
-  return 3
+  local data=${1%.server.log}.data out=${1%.server.log}.out mqtt_addr="" https_addr=""
+  local channel device dev
+  rm -rf "$data"
+  srv_log=$1
+  MOAT_LOG=warn MOAT_MASTER_KEY=$moat_master_key MOAT_ADMIN_PASSWORD=$moat_admin_password \
+    MOAT_MQTT_PUBLISH_RATE=$moat_publish_rate \
+    "$moat_bin" serve --data-dir "$data" --listen 127.0.0.1:0 --mqtt-listen 127.0.0.1:0 \
+    >"$out" 2>>"$srv_log" &
+  srv_pid=$!
+  for _ in $(seq 1 600); do # 60 s at most (the first start makes keys and a CA)
+    mqtt_addr=$(sed -n 's/^mqtt listening on //p' "$out")
+    https_addr=$(sed -n 's/^https listening on //p' "$out")
+    [ -n "$mqtt_addr" ] && [ -n "$https_addr" ] && break
+    kill -0 "$srv_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if [ -z "$mqtt_addr" ] || [ -z "$https_addr" ]; then
+    echo "moat did not start:" >&2; tail -n 20 "$srv_log" >&2; return 1
+  fi
+  srv_port=${mqtt_addr##*:}
+  srv_tls=1 srv_url=mqtts://127.0.0.1:$srv_port
+  srv_ca=$data/ca.pem srv_name=localhost
+  moat_ca=$data/ca.pem moat_base=https://127.0.0.1:${https_addr##*:}
+  moat_api_url=$moat_base/api/v1 moat_token=""
+  moat_token=$(moat_api POST /auth/login \
+    "$(jq -nc --arg p "$moat_admin_password" '{username: "admin", password: $p}')" |
+    jq -r .access_token) && [ -n "$moat_token" ] && [ "$moat_token" != null ] || {
+    echo "moat: no access token" >&2; return 1
+  }
+  channel=$(moat_api POST /channels '{"name":"bench","payload_policy":"opaque"}' | jq -r .id) &&
+    device=$(moat_api POST /devices '{"name":"bench-device"}' | jq -r .id) &&
+    [ -n "$channel" ] && [ "$channel" != null ] && [ -n "$device" ] && [ "$device" != null ] &&
+    moat_api PUT "/channels/$channel/connections/$device" \
+      '{"publish":true,"subscribe":true}' >/dev/null || { echo "moat: provisioning failed" >&2; return 1; }
+  dev=$data/bench-device
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+    -keyout "$dev.key" -out "$dev.csr" -subj /CN=bench-device 2>/dev/null || return 1
+  moat_api POST "/devices/$device/certificates" "$(jq -nc --rawfile csr "$dev.csr" '{csr: $csr}')" |
+    jq -r .chain_pem >"$dev.pem" || return 1
+  grep -q 'BEGIN CERTIFICATE' "$dev.pem" || { echo "moat: no device certificate" >&2; return 1; }
+  srv_cert=$dev.pem srv_key=$dev.key
+  srv_topic=channels/$channel/messages/bench
 }
 
 stop_server() {
@@ -458,6 +501,30 @@ run_scenario() { # TARGET SCENARIO
     latency) latency "$t" || rc=$? ;;
     idle) idle_conns "$t" || rc=$? ;;
   esac
+  # Moat counts what it stores and what its broker drops (a session's
+  # queue full, ...) in /metrics; mosquitto has no such counters with $SYS
+  # off. Read once its MQTT connections are gone (10 s at most): until
+  # then it may still be reading what the clients wrote before they quit.
+  if [ "$t" = moat ] && [ -n "$srv_pid" ] && kill -0 "$srv_pid" 2>/dev/null; then
+    local i ok=0
+    for i in $(seq 1 20); do
+      curl -sS --max-time 10 --cacert "$moat_ca" "$moat_base/metrics" >"$work/moat-$s.metrics" || break
+      if grep -q '^moat_mqtt_connections 0$' "$work/moat-$s.metrics"; then
+        # Long after a QoS 0 run: it was still reading the clients' backlog.
+        [ "$i" = 1 ] || echo "  moat: its last MQTT connection closed ~$(( (i - 1) * 5 / 10 )) s after the bench ended"
+        ok=1; break
+      fi
+      sleep 0.5
+    done
+    [ "$ok" = 1 ] || echo "  moat still had MQTT connections open when /metrics was read:" \
+      "$(grep '^moat_mqtt_connections ' "$work/moat-$s.metrics" 2>/dev/null)" >&2
+    if [ -s "$work/moat-$s.metrics" ]; then
+      record "$t" "${s}_dropped" "$(awk '/^moat_mqtt_dropped_total/ { n += $NF } END { printf "%.0f", n }' \
+        "$work/moat-$s.metrics")"
+      record "$t" "${s}_stored" "$(awk '/^moat_messages_appended_total/ { n += $NF } END { printf "%.0f", n }' \
+        "$work/moat-$s.metrics")"
+    fi
+  fi
   # The server's peak RSS over the scenario.
   if [ -n "$srv_pid" ] && [ -r "/proc/$srv_pid/status" ]; then
     record "$t" "${s}_server_peak_rss_mib" \
@@ -475,14 +542,25 @@ for t in "${target_list[@]}"; do
       echo "== moat: skipped (start_moat in bench/mqtt.sh is not written yet)"
       continue
     fi
-    [ "$build" = 0 ] || cargo build --release -p moat
+    # MOAT_BIN is used as it is; the default, target/release/moat, is
+    # brought up to date first (a no-op when it is) unless --no-build.
+    if [ -z "${MOAT_BIN:-}" ] && [ "$build" = 1 ]; then
+      cargo build --release -p moat || { echo "== moat: the build failed" >&2; failures=$(( failures + 1 )); continue; }
+    fi
+    if [ ! -x "$moat_bin" ]; then
+      echo "== moat: $moat_bin is missing (build it, or set MOAT_BIN)" >&2
+      failures=$(( failures + 1 )); continue
+    fi
   fi
   for s in "${scenario_list[@]}"; do
     echo "== $t: $s"
     rc=0
     start_target "$t" "$s" || rc=$?
     if [ "$rc" = 3 ]; then echo "  skipped: $t cannot run"; break; fi
-    if [ "$rc" != 0 ]; then failures=$(( failures + 1 )); continue; fi
+    if [ "$rc" != 0 ]; then
+      echo "  FAILED: $t did not start for $s" >&2
+      failures=$(( failures + 1 )); stop_server; continue
+    fi
     run_scenario "$t" "$s" || { failures=$(( failures + 1 )); echo "  FAILED: $t $s" >&2; }
     stop_server
   done
@@ -491,15 +569,22 @@ done
 # One table, every target side by side; moat / mosquitto where both ran.
 metrics=(
   "qos0 qos0_msgs QoS 0 fan-in, $publishers -> 1: delivered msg/s|higher"
+  "qos0 qos0_offered QoS 0 fan-in: published msg/s (client writes)|higher"
   "qos0 qos0_delivered_ratio QoS 0 fan-in: delivered / published, whole run|higher"
+  "qos0 qos0_stored QoS 0 fan-in: messages stored, warm-up included (moat)|"
+  "qos0 qos0_dropped QoS 0 fan-in: messages the broker counted as dropped|lower"
   "qos0 qos0_server_peak_rss_mib QoS 0 fan-in: server peak RSS MiB|lower"
   "qos1 qos1_msgs QoS 1 fan-in, $publishers -> 1: delivered msg/s|higher"
+  "qos1 qos1_offered QoS 1 fan-in: acknowledged publishes/s (PUBACKs; moat: once stored)|higher"
   "qos1 qos1_delivered_ratio QoS 1 fan-in: delivered / published, whole run|higher"
+  "qos1 qos1_stored QoS 1 fan-in: messages stored, warm-up included (moat)|"
+  "qos1 qos1_dropped QoS 1 fan-in: messages the broker counted as dropped|lower"
   "qos1 qos1_server_peak_rss_mib QoS 1 fan-in: server peak RSS MiB|lower"
   "fanout fanout_max_rate fan-out, 1 -> $subscribers: highest msg/s kept up with|higher"
   "fanout fanout_deliveries fan-out: deliveries/s there|higher"
   "fanout fanout_published fan-out: published msg/s there|higher"
   "fanout fanout_delivered_ratio fan-out: delivered / (published x subs) there|higher"
+  "fanout fanout_dropped fan-out: messages the broker counted as dropped, whole ramp|lower"
   "fanout fanout_server_peak_rss_mib fan-out: server peak RSS MiB|lower"
   "latency latency_load_msgs latency: background load, delivered msg/s|"
   "latency latency_p50_us latency at half peak, QoS $latency_qos: p50 µs|lower"
@@ -518,6 +603,12 @@ echo
 echo "== MQTT: $(nproc) cores, load generator on the same machine; ${duration} s measured after" \
   "${warmup} s warm-up, payload $payload_size B; mqttv5 $("$mqttv5" --version 2>/dev/null | awk '{ print $NF }')," \
   "$(mosquitto -h 2>/dev/null | head -n 1)"
+if [[ " ${target_list[*]} " == *" moat "* ]]; then
+  echo "moat: $("$moat_bin" --version 2>/dev/null || echo "$moat_bin"); MOAT_MQTT_PUBLISH_RATE=$moat_publish_rate" \
+    "($([ "$moat_publish_rate" = 0 ] && echo 'per-client publish rate limit off for the benchmark' || echo 'per-client PUBLISH/s limit'))," \
+    "MOAT_MQTT_MAX_QUEUED=${MOAT_MQTT_MAX_QUEUED:-1000 (default)}, MOAT_MQTT_MAX_INFLIGHT=${MOAT_MQTT_MAX_INFLIGHT:-100 (default)};" \
+    "QoS 1 PUBACK after the durable write (mosquitto: in memory, persistence off)"
+fi
 echo
 header="| metric |$(printf ' %s |' "${target_list[@]}")"
 sep="|---|$(printf -- '---:|%.0s' "${target_list[@]}")"
