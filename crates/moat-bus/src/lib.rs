@@ -13,7 +13,7 @@ use std::sync::{Arc, RwLock, Weak};
 use async_trait::async_trait;
 use moat_core::ChannelId;
 use moat_core::message::bus::{Bus, Filter, Subscription};
-use moat_core::message::{Message, MessageStore};
+use moat_core::message::{Message, MessageStore, Protocol};
 use moat_core::store::StoreError;
 use tokio::sync::mpsc;
 
@@ -21,6 +21,8 @@ struct Subscriber {
     id: u64,
     /// `None`: every message of every channel.
     filter: Option<Filter>,
+    /// Messages published over this protocol are not for this subscriber.
+    skip: Option<Protocol>,
     tx: mpsc::Sender<Arc<Message>>,
     cut_off: Arc<AtomicBool>,
 }
@@ -66,7 +68,10 @@ impl LocalBus {
             for m in messages {
                 let subs = reg.by_channel.get(&Some(m.channel_id));
                 let subs = subs.into_iter().chain(every).flatten();
-                for s in subs.filter(|s| s.filter.as_ref().is_none_or(|f| f.matches(m))) {
+                let wanted = |s: &&Subscriber| {
+                    s.skip != Some(m.protocol) && s.filter.as_ref().is_none_or(|f| f.matches(m))
+                };
+                for s in subs.filter(wanted) {
                     match s.tx.try_send(Arc::clone(m)) {
                         Ok(()) => {}
                         Err(mpsc::error::TrySendError::Full(_)) => {
@@ -107,16 +112,21 @@ impl Bus for LocalBus {
     }
 
     fn subscribe(&self, filter: Filter, capacity: usize) -> Box<dyn Subscription> {
-        self.add(Some(filter), capacity)
+        self.add(Some(filter), None, capacity)
     }
 
-    fn subscribe_all(&self, capacity: usize) -> Box<dyn Subscription> {
-        self.add(None, capacity)
+    fn subscribe_all(&self, capacity: usize, skip: Option<Protocol>) -> Box<dyn Subscription> {
+        self.add(None, skip, capacity)
     }
 }
 
 impl LocalBus {
-    fn add(&self, filter: Option<Filter>, capacity: usize) -> Box<dyn Subscription> {
+    fn add(
+        &self,
+        filter: Option<Filter>,
+        skip: Option<Protocol>,
+        capacity: usize,
+    ) -> Box<dyn Subscription> {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let cut_off = Arc::new(AtomicBool::new(false));
@@ -130,6 +140,7 @@ impl LocalBus {
             .push(Subscriber {
                 id,
                 filter,
+                skip,
                 tx,
                 cut_off: Arc::clone(&cut_off),
             });

@@ -114,7 +114,7 @@ async fn a_slow_subscriber_is_cut_off_and_the_others_carry_on() {
 async fn a_subscriber_to_every_channel_gets_them_all_and_leaves_on_drop() {
     let bus = LocalBus::new(Arc::new(Memory::default()));
     let (a, b) = (ChannelId::new(), ChannelId::new());
-    let mut all = bus.subscribe_all(8);
+    let mut all = bus.subscribe_all(8, Some(Protocol::Mqtt));
     let mut only_a = bus.subscribe(
         Filter {
             channel: a,
@@ -122,9 +122,12 @@ async fn a_subscriber_to_every_channel_gets_them_all_and_leaves_on_drop() {
         },
         8,
     );
-    bus.publish(vec![message(a, "x"), message(b, "y")])
+    let mut own = message(b, "mine");
+    Arc::make_mut(&mut own).protocol = Protocol::Mqtt;
+    bus.publish(vec![message(a, "x"), own, message(b, "y")])
         .await
         .unwrap();
+    // The skipped protocol's message is not offered.
     assert_eq!(all.recv().await.unwrap().channel_id, a);
     assert_eq!(all.recv().await.unwrap().channel_id, b);
     assert_eq!(only_a.recv().await.unwrap().channel_id, a);
@@ -136,7 +139,7 @@ async fn a_subscriber_to_every_channel_gets_them_all_and_leaves_on_drop() {
 #[tokio::test]
 async fn a_full_subscriber_to_every_channel_is_cut_off() {
     let bus = LocalBus::new(Arc::new(Memory::default()));
-    let mut all = bus.subscribe_all(1);
+    let mut all = bus.subscribe_all(1, None);
     let c = ChannelId::new();
     bus.publish(vec![message(c, "1"), message(c, "2")])
         .await

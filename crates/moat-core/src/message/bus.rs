@@ -90,9 +90,15 @@ pub trait Bus: Send + Sync + 'static {
     /// queue is full is cut off rather than slowing the others.
     fn subscribe(&self, filter: Filter, capacity: usize) -> Box<dyn Subscription>;
     /// Subscribes to every message of every channel, for an adapter that
-    /// routes on its own (the MQTT broker's subscription trie). Same queue
-    /// and cut-off rules as [`subscribe`](Self::subscribe).
-    fn subscribe_all(&self, capacity: usize) -> Box<dyn Subscription>;
+    /// routes on its own (the MQTT broker's subscription trie), except those
+    /// published over `skip` (the adapter's own, which it has routed
+    /// already). Same queue and cut-off rules as
+    /// [`subscribe`](Self::subscribe).
+    fn subscribe_all(
+        &self,
+        capacity: usize,
+        skip: Option<super::Protocol>,
+    ) -> Box<dyn Subscription>;
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! audited (`mqtt.publish`, `mqtt.subscribe`).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use moat_core::audit::{AuditRecord, Outcome};
@@ -27,7 +28,10 @@ const DECISION_TTL: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone)]
 pub(crate) enum PublishTarget {
     /// Through the platform's pipeline into the channel (stored, bridged).
-    Channel { channel: Channel, subtopic: String },
+    Channel {
+        channel: Arc<Channel>,
+        subtopic: String,
+    },
     /// Between MQTT clients only: a device's maintenance topic, or an open
     /// topic in development mode.
     Local,
@@ -55,7 +59,7 @@ fn not_authorized(reason: &'static str) -> Refused {
 /// A connection's recent channel decisions for publishing.
 #[derive(Debug, Default)]
 pub(crate) struct DecisionCache {
-    publish: HashMap<ChannelId, (Channel, Instant)>,
+    publish: HashMap<ChannelId, (Arc<Channel>, Instant)>,
 }
 
 impl Broker {
@@ -82,18 +86,19 @@ impl Broker {
                 if let Some((c, at)) = cache.publish.get(&channel) {
                     if now.duration_since(*at) < DECISION_TTL {
                         return Ok(PublishTarget::Channel {
-                            channel: c.clone(),
+                            channel: Arc::clone(c),
                             subtopic: subtopic.to_owned(),
                         });
                     }
                 }
-                let c = self
-                    .channel_access(principal, channel, MessageAccess::Publish)
-                    .await?;
+                let c = Arc::new(
+                    self.channel_access(principal, channel, MessageAccess::Publish)
+                        .await?,
+                );
                 if cache.publish.len() > 1024 {
                     cache.publish.clear();
                 }
-                cache.publish.insert(channel, (c.clone(), now));
+                cache.publish.insert(channel, (Arc::clone(&c), now));
                 Ok(PublishTarget::Channel {
                     channel: c,
                     subtopic: subtopic.to_owned(),

@@ -249,11 +249,9 @@ impl Broker {
         let bus = Arc::clone(&self.bus);
         tokio::spawn(async move {
             loop {
-                let mut tap = bus.subscribe_all(TAP_CAPACITY);
+                let mut tap =
+                    bus.subscribe_all(TAP_CAPACITY, Some(moat_core::message::Protocol::Mqtt));
                 while let Some(m) = tap.recv().await {
-                    if m.protocol == moat_core::message::Protocol::Mqtt {
-                        continue;
-                    }
                     let Some(b) = broker.upgrade() else { return };
                     b.route(Arc::new(Routed::from_message(&m)));
                 }

@@ -137,6 +137,7 @@ impl Session {
     /// drops the message, counted.
     pub(crate) fn offer(&self, d: Delivery) {
         if d.qos == 0 && !self.is_online() {
+            metrics::counter!("moat_mqtt_dropped_total", "reason" => "offline_qos0").increment(1);
             return;
         }
         match self.tx.try_send(d) {

@@ -1,6 +1,7 @@
 //! PUBLISHes from the client: the guard's per-packet rules, the platform's
-//! access rules and channel policy, one durable write for all the
-//! messages of a read, then routing and the acknowledgements in order.
+//! access rules and channel policy, routing (QoS 0 and 1 at once, QoS 2
+//! once stored), one durable write for all the messages of a read, then
+//! the acknowledgements in order.
 //!
 //! A refused publish gets PUBACK or PUBREC with a reason code on MQTT 5;
 //! MQTT 3.1.1 has no way to say no, so the connection is closed
@@ -136,6 +137,18 @@ impl<W: AsyncWrite + Unpin + Send> Conn<W> {
             };
             outcomes.push(outcome);
         }
+        // QoS 0 and 1 go to subscribers now, before the durable write:
+        // neither promises more than at most / at least once, and a
+        // subscriber need not wait for the disk. QoS 2 is routed once
+        // stored, so that a failed write cannot deliver what the publisher
+        // will send again. Acknowledgements always wait for the write.
+        let mut routed = vec![false; batch.len()];
+        for (i, (p, outcome)) in batch.iter().zip(&outcomes).enumerate() {
+            if let (Outcome::Accepted(target), 0 | 1) = (outcome, p.qos) {
+                self.route(p, target, session_id);
+                routed[i] = true;
+            }
+        }
         if !messages.is_empty() {
             let count = messages.len() as u64;
             match self.broker.bus.publish(messages).await {
@@ -154,18 +167,12 @@ impl<W: AsyncWrite + Unpin + Send> Conn<W> {
                 }
             }
         }
-        for (p, outcome) in batch.into_iter().zip(outcomes) {
+        for ((p, outcome), routed) in batch.iter().zip(outcomes).zip(routed) {
             match outcome {
                 Outcome::Accepted(target) => {
-                    self.broker.route(Arc::new(Routed {
-                        topic: broker::routed_topic(&target, &p.topic),
-                        expires_at: broker::expiry_of(&p.props),
-                        props: broker::forwarded(&p.props),
-                        payload: p.payload,
-                        qos: p.qos,
-                        retain: p.retain,
-                        origin: Some(session_id),
-                    }));
+                    if !routed {
+                        self.route(p, &target, session_id);
+                    }
                     self.acknowledge(p.qos, p.packet_id, 0, None);
                 }
                 Outcome::Refused { code, reason } => {
@@ -185,6 +192,19 @@ impl<W: AsyncWrite + Unpin + Send> Conn<W> {
                 }
             }
         }
+    }
+
+    /// Hands an accepted PUBLISH to the broker's router.
+    fn route(&self, p: &Inbound, target: &PublishTarget, session_id: u64) {
+        self.broker.route(Arc::new(Routed {
+            topic: broker::routed_topic(target, &p.topic),
+            expires_at: broker::expiry_of(&p.props),
+            props: broker::forwarded(&p.props),
+            payload: p.payload.clone(),
+            qos: p.qos,
+            retain: p.retain,
+            origin: Some(session_id),
+        }));
     }
 
     /// PUBACK (QoS 1) or PUBREC (QoS 2) with `code`; nothing for QoS 0.
