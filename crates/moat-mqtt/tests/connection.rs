@@ -751,3 +751,21 @@ async fn an_empty_client_id_is_assigned_one_and_a_false_utf8_claim_is_0x99() {
     assert_eq!(ack[0], 0x40, "{ack:?}");
     assert_eq!(ack[4], 0x99, "{ack:?}");
 }
+
+#[tokio::test]
+async fn an_unsupported_protocol_level_gets_connack_0x01() {
+    let f = fixture(BrokerConfig::default());
+    // MQTT 3.1 ("MQIsdp", level 3) and "MQTT" with level 6.
+    let v31 = b"\x10\x0e\x00\x06MQIsdp\x03\x02\x00\x3c\x00\x00".to_vec();
+    let v6 = b"\x10\x0c\x00\x04MQTT\x06\x02\x00\x3c\x00\x00".to_vec();
+    for connect in [v31, v6] {
+        let mut c = f.client();
+        c.send(&connect).await;
+        assert_eq!(
+            c.recv().await,
+            Some(vec![0x20, 0x02, 0x00, 0x01]),
+            "{connect:?}"
+        );
+        assert!(c.recv().await.is_none());
+    }
+}

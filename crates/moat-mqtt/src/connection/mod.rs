@@ -442,6 +442,15 @@ impl<W: AsyncWrite + Unpin + Send> Conn<W> {
 
     fn engine_error(&mut self, e: MqttError) {
         let code = e as u16;
+        if e == MqttError::UnsupportedProtocolVersion && self.open.is_none() {
+            // MQTT-3.1.2-2: CONNACK 0x01 (unacceptable protocol level), then
+            // close. The engine, its version undetermined, will not send
+            // one; the 3.1.1 form is what any level can read (ADR 005).
+            self.out.extend_from_slice(&[0x20, 0x02, 0x00, 0x01]);
+            metrics::counter!("moat_mqtt_protocol_errors_total", "reason" => "unsupported_protocol_version").increment(1);
+            self.ending.get_or_insert(Ending::Closed);
+            return;
+        }
         if code < 0x100 {
             // A protocol error the engine found in the client's packets; it
             // has already sent DISCONNECT (v5) and asked to close.
