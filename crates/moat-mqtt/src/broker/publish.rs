@@ -104,11 +104,22 @@ pub(crate) fn forwarded(props: &[Property]) -> Vec<Property> {
         .collect()
 }
 
-/// The topic subscribers see: channel topics in their canonical form.
+/// The topic subscribers see: channel topics in their canonical form
+/// (the channel id hyphenated, lower case), which is almost always the form
+/// the client used; that one is reused as is.
 pub(crate) fn routed_topic(target: &PublishTarget, topic: &str) -> Arc<str> {
     match target {
         PublishTarget::Channel { channel, subtopic } => {
-            platform_topics::channel_topic(channel.id, subtopic).into()
+            let id = topic.get("channels/".len()..).and_then(|t| t.get(..36));
+            let canonical = id.is_some_and(|id| {
+                !id.bytes().any(|b| b.is_ascii_uppercase())
+                    && topic.as_bytes().get(45) == Some(&b'/')
+            });
+            if canonical {
+                topic.into()
+            } else {
+                platform_topics::channel_topic(channel.id, subtopic).into()
+            }
         }
         PublishTarget::Local => topic.into(),
     }

@@ -119,6 +119,8 @@ pub(crate) struct Conn<W> {
     /// Token bucket for the publish rate: tokens and when last refilled.
     tokens: f64,
     refilled: Instant,
+    /// Resolved once: counting a delivery should not look up a metric.
+    delivered: metrics::Counter,
 }
 
 /// What an accepted CONNECT established.
@@ -169,6 +171,7 @@ impl<W: AsyncWrite + Unpin + Send> Conn<W> {
             decisions: DecisionCache::default(),
             tokens: rate,
             refilled: Instant::now(),
+            delivered: metrics::counter!("moat_mqtt_delivered_total"),
         }
     }
 

@@ -326,7 +326,7 @@ impl<W: AsyncWrite + Unpin + Send> Conn<W> {
         if let Some(id) = packet_id {
             self.inflight.insert(id);
         }
-        metrics::counter!("moat_mqtt_delivered_total").increment(1);
+        self.delivered.increment(1);
         self.write_sends(events);
     }
 
