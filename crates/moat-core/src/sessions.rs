@@ -23,12 +23,16 @@ pub enum CutReason {
 }
 
 type Cut = Arc<dyn Fn(CutReason) + Send + Sync>;
+type RightsListener = Arc<dyn Fn(DeviceId) + Send + Sync>;
 
 #[derive(Default)]
 pub struct SessionRegistry {
     next: AtomicU64,
     // Held only for map updates; callbacks run after the lock is released.
     sessions: Mutex<HashMap<DeviceId, HashMap<u64, Cut>>>,
+    /// Adapters that keep rights in live sessions (an MQTT subscription's
+    /// channels) and must re-read them when a device's connections change.
+    rights_listeners: Mutex<Vec<RightsListener>>,
 }
 
 /// Membership of one session; leaving happens on drop.
@@ -92,6 +96,28 @@ impl SessionRegistry {
         cuts.len()
     }
 
+    /// Registers `f` to hear of every device whose rights (its connections
+    /// to channels) changed. For adapters, once at start.
+    pub fn on_rights_changed(&self, f: impl Fn(DeviceId) + Send + Sync + 'static) {
+        self.rights_listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Arc::new(f));
+    }
+
+    /// Says that `device`'s connections changed; called after the change
+    /// is committed. Listeners must not block.
+    pub fn rights_changed(&self, device: DeviceId) {
+        let listeners: Vec<RightsListener> = self
+            .rights_listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for l in &listeners {
+            l(device);
+        }
+    }
+
     pub fn count(&self, device: DeviceId) -> usize {
         self.sessions
             .lock()
@@ -127,5 +153,17 @@ mod tests {
         drop(g2);
         assert_eq!(reg.count(d), 0);
         assert_eq!(reg.cut(d, CutReason::Revoked), 0);
+    }
+
+    #[test]
+    fn rights_listeners_hear_every_change() {
+        let reg = SessionRegistry::new();
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let h = Arc::clone(&heard);
+        reg.on_rights_changed(move |d| h.lock().unwrap().push(d));
+        let d = DeviceId::new();
+        reg.rights_changed(d);
+        reg.rights_changed(d);
+        assert_eq!(*heard.lock().unwrap(), [d, d]);
     }
 }

@@ -666,3 +666,63 @@ async fn wildcards_reach_only_the_channels_a_device_may_read() {
         "nothing else arrives"
     );
 }
+
+#[tokio::test]
+async fn a_withdrawn_subscribe_right_stops_deliveries_at_once_and_a_new_one_resumes_them() {
+    let server = Server::start();
+    let admin = admin(&server).await;
+    let channel = admin
+        .create(
+            "/channels",
+            json!({"name": "c", "payload_policy": "opaque"}),
+        )
+        .await;
+    let dev = device(&admin, &channel, "listener", false, true).await;
+    let (client, mut events) =
+        rumqttc::v5::AsyncClient::new(v5_with_key(&server, "l-1", &dev.device, &dev.key), 16);
+    next_v5(&mut events, 10).await.unwrap();
+    client
+        .subscribe(format!("channels/{channel}/messages/#"), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    expect_v5(&mut events, "SUBACK", |p| matches!(p, Packet::SubAck(_))).await;
+    let token = format!("Bearer {}", server.admin_token().await);
+    let publish = |body: &'static str| {
+        let (server, token, channel) = (&server, token.clone(), channel.clone());
+        async move {
+            let r = common::messages::publish(server, &token, &channel, "x", "", body).await;
+            assert_eq!(r.status, 202, "{r:?}");
+        }
+    };
+    let is_publish = |p: &Packet| matches!(p, Packet::Publish(_));
+
+    publish("before").await;
+    let Packet::Publish(p) = expect_v5(&mut events, "PUBLISH", is_publish).await else {
+        unreachable!()
+    };
+    assert_eq!(p.payload, "before");
+
+    // The connection goes: the next message does not reach the device.
+    let r = admin
+        .delete(&format!("/channels/{channel}/connections/{}", dev.device))
+        .await;
+    assert_eq!(r.status, 204, "{r:?}");
+    publish("withdrawn").await;
+    assert!(
+        next_v5(&mut events, 2).await.is_err(),
+        "nothing after the right is withdrawn"
+    );
+
+    // Given back, deliveries resume (the rights are re-read in the background).
+    connect(&admin, &channel, &dev.device, false, true).await;
+    let mut resumed = false;
+    for _ in 0..20 {
+        publish("again").await;
+        if let Ok(Packet::Publish(p)) = next_v5(&mut events, 1).await {
+            assert_eq!(p.payload, "again");
+            resumed = true;
+            break;
+        }
+    }
+    assert!(resumed, "deliveries resumed once the right came back");
+}

@@ -413,6 +413,8 @@ pub async fn connect(
     s.store
         .apply(vec![Change::PutConnection(conn.clone())], Some(record))
         .await?;
+    // Live sessions (an MQTT subscription) re-read the device's rights.
+    s.sessions.rights_changed(device_id);
     Ok(Json(conn))
 }
 
@@ -454,5 +456,6 @@ pub async fn disconnect(
             Some(record),
         )
         .await?;
+    s.sessions.rights_changed(device_id);
     Ok(StatusCode::NO_CONTENT)
 }

@@ -4,7 +4,7 @@
 //! translates topics and answers in MQTT's terms. Denials are counted and
 //! audited (`mqtt.publish`, `mqtt.subscribe`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use moat_core::audit::{AuditRecord, Outcome};
 use moat_core::authz::{self, Decision, MessageAccess, Principal, Subject};
 use moat_core::page::ListQuery;
 use moat_core::store::ConnectionsOf;
-use moat_core::{Channel, ChannelId};
+use moat_core::{Channel, ChannelId, DeviceId};
 use tokio::time::Instant;
 
 use super::{Broker, Session};
@@ -149,33 +149,7 @@ impl Broker {
                 let Subject::Device(device) = principal.subject else {
                     return Err(not_authorized("only devices subscribe over MQTT"));
                 };
-                let mut q = ListQuery::first(1000);
-                loop {
-                    let page = self
-                        .store
-                        .connections(ConnectionsOf::Device(device), &q)
-                        .await
-                        .map_err(|e| {
-                            tracing::error!(error = %e, "could not read a device's connections");
-                            Refused {
-                                code: UNSPECIFIED,
-                                reason: "the store is unavailable",
-                            }
-                        })?;
-                    session.add_readable(
-                        page.items
-                            .iter()
-                            .filter(|c| c.subscribe)
-                            .map(|c| c.channel_id),
-                    );
-                    match page
-                        .next_cursor
-                        .and_then(|c| uuid::Uuid::try_parse(&c).ok())
-                    {
-                        Some(after) => q.after = Some(after),
-                        None => break,
-                    }
-                }
+                session.add_readable(self.readable_channels(device).await?);
                 Ok(())
             }
             FilterScope::Device { device, rest } => {
@@ -199,6 +173,69 @@ impl Broker {
                 ))
             }
         }
+    }
+
+    /// The channels `device` has a subscribe connection to.
+    pub(crate) async fn readable_channels(
+        &self,
+        device: DeviceId,
+    ) -> Result<Vec<ChannelId>, Refused> {
+        let mut out = Vec::new();
+        let mut q = ListQuery::first(1000);
+        loop {
+            let page = self
+                .store
+                .connections(ConnectionsOf::Device(device), &q)
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "could not read a device's connections");
+                    Refused {
+                        code: UNSPECIFIED,
+                        reason: "the store is unavailable",
+                    }
+                })?;
+            out.extend(
+                page.items
+                    .iter()
+                    .filter(|c| c.subscribe)
+                    .map(|c| c.channel_id),
+            );
+            match page
+                .next_cursor
+                .and_then(|c| uuid::Uuid::try_parse(&c).ok())
+            {
+                Some(after) => q.after = Some(after),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// The device's connections changed: its sessions read nothing from
+    /// any channel until they know their new rights (fail closed), then
+    /// read the channels it now has a subscribe connection to.
+    pub(crate) fn rights_changed(self: &Arc<Self>, device: DeviceId) {
+        let sessions = self.sessions_of(device);
+        if sessions.is_empty() {
+            return;
+        }
+        for s in &sessions {
+            s.set_readable(HashSet::new());
+        }
+        let broker = Arc::clone(self);
+        tokio::spawn(async move {
+            match broker.readable_channels(device).await {
+                Ok(channels) => {
+                    let channels: HashSet<ChannelId> = channels.into_iter().collect();
+                    for s in &sessions {
+                        s.set_readable(channels.clone());
+                    }
+                }
+                // Left empty: the next SUBSCRIBE or connection tries again.
+                Err(r) => {
+                    tracing::warn!(reason = r.reason, %device, "could not refresh a device's rights")
+                }
+            }
+        });
     }
 
     /// The channel `id`, if `principal` may publish to it or read it.

@@ -248,10 +248,17 @@ impl Broker {
     }
 
     /// Starts the tap on the bus: every message published over another
-    /// protocol is routed to the MQTT subscribers whose filters match.
+    /// protocol is routed to the MQTT subscribers whose filters match; and
+    /// listens for devices whose rights change, to refresh their sessions.
     /// Messages MQTT clients publish are routed by the connection that
     /// received them (with their MQTT properties), so the tap skips them.
     pub fn start(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        self.registry.on_rights_changed(move |device| {
+            if let Some(b) = weak.upgrade() {
+                b.rights_changed(device);
+            }
+        });
         let broker = Arc::downgrade(self);
         let bus = Arc::clone(&self.bus);
         tokio::spawn(async move {
@@ -281,6 +288,17 @@ impl Broker {
             .unwrap_or_else(|p| p.into_inner())
             .get(&id)
             .cloned()
+    }
+
+    /// Every session (online or not) of `device`.
+    pub(crate) fn sessions_of(&self, device: moat_core::DeviceId) -> Vec<Arc<Session>> {
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(k, _)| k.owner == Some(device))
+            .map(|(_, s)| Arc::clone(s))
+            .collect()
     }
 
     /// The session of `key`, if any.

@@ -168,6 +168,12 @@ impl Session {
         }
     }
 
+    /// Replaces the channels the session may read (after the device's
+    /// rights changed); an empty set until the new one is known.
+    pub(crate) fn set_readable(&self, channels: HashSet<ChannelId>) {
+        *self.readable.write().unwrap_or_else(|p| p.into_inner()) = channels;
+    }
+
     pub(crate) fn add_readable(&self, channels: impl IntoIterator<Item = ChannelId>) {
         self.readable
             .write()
