@@ -576,15 +576,7 @@ async fn every_bad_publish_is_refused_clearly_and_stores_nothing() {
 
     // Only the operator's message went in.
     assert_eq!(all_messages(&admin, &channel).await.len(), 1);
-    let metrics = server
-        .client()
-        .get(format!("{}/metrics", server.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     for reason in ["too_large", "content_type", "senml", "subtopic", "json"] {
         assert!(
             metrics.contains(&format!("reason=\"{reason}\"")),

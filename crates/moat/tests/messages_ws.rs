@@ -305,15 +305,7 @@ async fn publishes_over_the_socket_are_acknowledged_once_stored() {
     let m = next_of(&mut ws, "message").await;
     assert_eq!(m["protocol"], "websocket", "{m}");
 
-    let metrics = server
-        .client()
-        .get(format!("{}/metrics", server.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(
         metrics
             .lines()

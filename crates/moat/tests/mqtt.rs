@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::messages::{all_messages, device};
+use common::messages::{all_messages, connect, device};
 use common::mqtt::*;
 use common::{Api, Options, Server};
 use rumqttc::v5::mqttbytes::QoS;
@@ -28,18 +28,6 @@ const SENML: &str = r#"[{"n":"temp","u":"Cel","v":21.5}]"#;
 
 async fn admin(server: &Server) -> Api {
     Api::bearer(server, &server.admin_token().await)
-}
-
-async fn metrics(server: &Server) -> String {
-    server
-        .client()
-        .get(format!("{}/metrics", server.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
 }
 
 /// Waits for a v5 packet matching `want`, skipping others (at most 20).
@@ -104,7 +92,8 @@ async fn mosquitto_over_mutual_tls_reaches_the_platform_and_hears_http() {
     // Until the subscription is in place a QoS 0 probe goes nowhere; wait
     // for the broker to count it.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !metrics(&server)
+    while !server
+        .metrics()
         .await
         .contains("moat_mqtt_subscriptions_total 1")
     {
@@ -265,7 +254,7 @@ async fn mqtt5_refusals_carry_reason_codes_and_change_nothing() {
     assert_eq!(suback.return_codes, [SubscribeReasonCode::NotAuthorized]);
 
     // Every denial was counted.
-    let m = metrics(&server).await;
+    let m = server.metrics().await;
     assert!(m.contains("moat_mqtt_denied_total"), "{m}");
     assert!(
         m.contains("moat_messages_rejected_total{protocol=\"mqtt\",reason=\"senml\"}"),
@@ -548,7 +537,7 @@ async fn malformed_packets_end_the_connection_and_are_counted() {
             .unwrap_or(0);
         assert_eq!(n, 0, "{bytes:?} got {:?}", &buf[..n]);
     }
-    let m = metrics(&server).await;
+    let m = server.metrics().await;
     assert!(
         m.contains("moat_mqtt_protocol_errors_total{reason=\"malformed_packet\"}"),
         "{m}"

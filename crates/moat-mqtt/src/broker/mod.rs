@@ -278,7 +278,7 @@ impl Broker {
         })
     }
 
-    pub(crate) fn next_session_id(&self) -> u64 {
+    fn next_session_id(&self) -> u64 {
         self.next_session.fetch_add(1, Ordering::Relaxed)
     }
 
@@ -310,7 +310,25 @@ impl Broker {
             .cloned()
     }
 
-    pub(crate) fn insert(&self, session: Arc<Session>) {
+    /// A new, empty session for `key`, registered.
+    pub(crate) fn open_session(
+        &self,
+        key: ClientKey,
+        principal: Option<moat_core::authz::Principal>,
+        expiry: Duration,
+    ) -> Arc<Session> {
+        let s = Session::new(
+            self.next_session_id(),
+            key,
+            principal,
+            self.config.max_queued,
+        );
+        s.lock().expiry = expiry;
+        self.insert(Arc::clone(&s));
+        s
+    }
+
+    fn insert(&self, session: Arc<Session>) {
         self.by_id
             .write()
             .unwrap_or_else(|p| p.into_inner())

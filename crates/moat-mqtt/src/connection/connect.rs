@@ -501,15 +501,11 @@ impl<W: AsyncWrite + Unpin + Send> Conn<W> {
         loop {
             let existing = self.broker.find(&key);
             let Some(old) = existing else {
-                let s = Session::new(
-                    self.broker.next_session_id(),
-                    key.clone(),
-                    principal.clone(),
-                    self.broker.config.max_queued,
+                return (
+                    self.broker
+                        .open_session(key.clone(), principal.clone(), expiry),
+                    false,
                 );
-                s.lock().expiry = expiry;
-                self.broker.insert(Arc::clone(&s));
-                return (s, false);
             };
             let claim = old.claim.lock().await;
             let live = old.lock().live.take();
@@ -539,15 +535,11 @@ impl<W: AsyncWrite + Unpin + Send> Conn<W> {
                 }
                 self.broker.remove(&old);
                 drop(claim);
-                let s = Session::new(
-                    self.broker.next_session_id(),
-                    key.clone(),
-                    principal.clone(),
-                    self.broker.config.max_queued,
+                return (
+                    self.broker
+                        .open_session(key.clone(), principal.clone(), expiry),
+                    false,
                 );
-                s.lock().expiry = expiry;
-                self.broker.insert(Arc::clone(&s));
-                return (s, false);
             }
             if let Some(w) = pending_will {
                 // Resumed before the delay ran out: no will (§3.1.2.5).

@@ -28,15 +28,20 @@ pub async fn device(
     assert_eq!(issued.status, 201, "{issued:?}");
     let key = issued.body["token"].as_str().unwrap().to_owned();
     if publish || subscribe {
-        let c = admin
-            .put(
-                &format!("/channels/{channel}/connections/{device}"),
-                json!({ "publish": publish, "subscribe": subscribe }),
-            )
-            .await;
-        assert_eq!(c.status, 200, "{c:?}");
+        connect(admin, channel, &device, publish, subscribe).await;
     }
     Publisher { device, key }
+}
+
+/// Connects `device` to `channel` with the given rights.
+pub async fn connect(admin: &Api, channel: &str, device: &str, publish: bool, subscribe: bool) {
+    let c = admin
+        .put(
+            &format!("/channels/{channel}/connections/{device}"),
+            json!({ "publish": publish, "subscribe": subscribe }),
+        )
+        .await;
+    assert_eq!(c.status, 200, "{c:?}");
 }
 
 /// Publishes `body` as `content_type` (none when empty) to `channel`,

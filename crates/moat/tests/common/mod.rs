@@ -179,6 +179,18 @@ impl Server {
         client_trusting(&self.ca_path())
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        self.client()
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub fn api(&self, path: &str) -> String {
         format!("{}/api/v1{}", self.url, path)
     }

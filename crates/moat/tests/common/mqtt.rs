@@ -135,17 +135,6 @@ pub async fn device_with_cert(admin: &Api, dir: &Path, name: &str) -> (String, S
     (device, chain, key)
 }
 
-/// Connects `device` to `channel` with the given rights.
-pub async fn connect(admin: &Api, channel: &str, device: &str, publish: bool, subscribe: bool) {
-    let c = admin
-        .put(
-            &format!("/channels/{channel}/connections/{device}"),
-            json!({ "publish": publish, "subscribe": subscribe }),
-        )
-        .await;
-    assert_eq!(c.status, 200, "{c:?}");
-}
-
 /// `mosquitto_pub`/`mosquitto_sub` arguments for mutual TLS with the
 /// certificate `{name}.pem` and key `{name}.key` in `dir`.
 pub fn mosquitto_tls(server: &Server, dir: &Path, name: &str) -> Vec<String> {
