@@ -49,7 +49,6 @@ fn fixture(config: BrokerConfig) -> Fixture {
     let broker = Broker::new(
         BrokerConfig {
             open_topics: true,
-            publish_rate: 0,
             ..config
         },
         store,
@@ -768,4 +767,69 @@ async fn an_unsupported_protocol_level_gets_connack_0x01() {
         );
         assert!(c.recv().await.is_none());
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_over_its_publish_rate_is_read_more_slowly() {
+    let f = fixture(BrokerConfig {
+        publish_rate: 10,
+        ..BrokerConfig::default()
+    });
+    let (mut c, _) = f.connected("chatty", vec![], true).await;
+    let started = tokio::time::Instant::now();
+    for id in 1..=40u16 {
+        c.publish("t", b"x", Qos::AtLeastOnce, false, id, vec![])
+            .await;
+        let ack = c.recv().await.unwrap();
+        assert_eq!(ack[0], 0x40);
+    }
+    // 10 a second with a burst of 10: 40 take about 3 seconds, not none.
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(2500), "{took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
+
+#[tokio::test]
+async fn the_connection_cap_holds_new_clients_until_a_place_frees() {
+    let f = fixture(BrokerConfig {
+        max_connections: 1,
+        ..BrokerConfig::default()
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let opts = moat_mqtt::server::ListenerOptions {
+        tls: None,
+        identify: None,
+        handshake_timeout: Duration::from_secs(5),
+        drain_timeout: Duration::from_secs(1),
+    };
+    tokio::spawn(moat_mqtt::server::run(
+        listener,
+        Arc::clone(&f.broker),
+        opts,
+        f.stop.clone(),
+    ));
+    let connect = v5_0::Connect::builder()
+        .client_id("")
+        .unwrap()
+        .build()
+        .unwrap()
+        .to_continuous_buffer();
+    let mut first = tokio::net::TcpStream::connect(addr).await.unwrap();
+    first.write_all(&connect).await.unwrap();
+    let mut buf = [0u8; 64];
+    assert!(
+        first.read(&mut buf).await.unwrap() > 0,
+        "the first is served"
+    );
+    let mut second = tokio::net::TcpStream::connect(addr).await.unwrap();
+    second.write_all(&connect).await.unwrap();
+    let waited = tokio::time::timeout(Duration::from_millis(500), second.read(&mut buf)).await;
+    assert!(waited.is_err(), "the second waits while the cap is reached");
+    drop(first);
+    let n = tokio::time::timeout(Duration::from_secs(5), second.read(&mut buf))
+        .await
+        .expect("served once the first left")
+        .unwrap();
+    assert!(n > 0 && buf[0] == 0x20, "CONNACK");
 }

@@ -554,10 +554,18 @@ impl<W: AsyncWrite + Unpin + Send> Conn<W> {
     /// Hands the session back (or ends it), and publishes the will when
     /// the connection ended without a normal DISCONNECT.
     pub(super) async fn release(&mut self, ending: Ending) {
-        let Some(mut open) = self.open.take() else {
+        let Some(Open {
+            session,
+            rx,
+            will,
+            principal,
+            done,
+            discard_will,
+            ..
+        }) = self.open.take()
+        else {
             return;
         };
-        let session = Arc::clone(&open.session);
         let persists = session.lock().expiry > Duration::ZERO;
         // The delivery the window could not take goes back to the queue's
         // tail: order within the session bends, the message is not lost.
@@ -571,30 +579,27 @@ impl<W: AsyncWrite + Unpin + Send> Conn<W> {
                 st.stored = self.mqtt.get_stored_packets();
                 st.qos2_handled = self.mqtt.get_qos2_publish_handled();
             }
-            st.rx = Some(std::mem::replace(
-                &mut open.rx,
-                tokio::sync::mpsc::channel(1).1,
-            ));
+            st.rx = Some(rx);
             st.generation
         };
         // A cut device's will is not published: revocation is not a
         // network failure the fleet should hear about.
         let will = match ending {
             Ending::Cut => None,
-            _ if open.discard_will => None,
-            _ => open.will.take(),
+            _ if discard_will => None,
+            _ => will,
         };
         let expiry = session.lock().expiry;
         if let Some(will) = will {
             let delay = will.delay.min(expiry);
             if delay.is_zero() {
-                self.broker.publish_will(open.principal.clone(), will).await;
+                self.broker.publish_will(principal, will).await;
             } else {
                 let handle = self.broker.delay_will(Arc::clone(&session), will, delay);
                 session.lock().pending_will = Some(handle);
             }
         }
-        if let Some(done) = open.done.take() {
+        if let Some(done) = done {
             let _ = done.send(());
         }
         if ending == Ending::TakenOver {
