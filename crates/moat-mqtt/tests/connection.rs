@@ -833,3 +833,32 @@ async fn the_connection_cap_holds_new_clients_until_a_place_frees() {
         .unwrap();
     assert!(n > 0 && buf[0] == 0x20, "CONNACK");
 }
+
+#[tokio::test]
+async fn an_unacknowledged_delivery_is_sent_again_with_dup_on_resume() {
+    let f = fixture(BrokerConfig::default());
+    let (mut s, _) = f.connected("forgetful", session_expiry(60), false).await;
+    s.subscribe(1, "orders", qos1(), vec![]).await;
+    let (mut p, _) = f.connected("p", vec![], true).await;
+    p.publish("orders", b"42", Qos::AtLeastOnce, false, 1, vec![])
+        .await;
+    p.recv().await.unwrap();
+    let first = publish_of(&s.recv().await.unwrap());
+    assert!(!first.dup());
+    // Gone without a PUBACK.
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (mut s, connack) = f.connected("forgetful", session_expiry(60), false).await;
+    assert_eq!(connack[2] & 1, 1);
+    let again = publish_of(&s.recv().await.unwrap());
+    assert!(again.dup(), "resent with DUP");
+    assert_eq!(again.packet_id(), first.packet_id());
+    assert_eq!(again.payload().as_slice(), b"42");
+    // Acknowledged now: not sent a third time.
+    let id = again.packet_id().unwrap();
+    s.send(&[0x40, 0x02, (id >> 8) as u8, id as u8]).await;
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (mut s, _) = f.connected("forgetful", session_expiry(60), false).await;
+    assert!(s.silent_for(1).await);
+}
