@@ -193,7 +193,9 @@ start_mosquitto() { # LOG [plain]
   srv_log=$1
   mosquitto -c "$conf" >>"$srv_log" 2>&1 &
   srv_pid=$!
-  srv_topic=bench
+  # The same topic shape as Moat's (channels/UUID/messages/bench): equal
+  # bytes on the wire and equal topic work for the clients.
+  srv_topic=channels/$(cat /proc/sys/kernel/random/uuid)/messages/bench
   if [ "${2:-}" = plain ]; then
     srv_tls=0 srv_port=$plain_port srv_url=mqtt://127.0.0.1:$plain_port
   else
