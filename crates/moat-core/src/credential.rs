@@ -127,6 +127,12 @@ pub struct DeviceKey {
     #[serde(skip_serializing, default)]
     #[schema(ignore)]
     pub secret_hash: String,
+    /// The secret itself, sealed under a key derived from the master key,
+    /// for DTLS-PSK (which needs the secret, not its hash); `None` for keys
+    /// made before CoAP existed.
+    #[serde(skip, default)]
+    #[schema(ignore)]
+    pub psk_sealed: Option<Vec<u8>>,
 }
 
 impl DeviceKey {

@@ -8,6 +8,7 @@
 //! - every audit event is linked into the chain by [`audit::AuditChain`];
 //! - input from outside is checked by [`validate`] before it becomes a domain value.
 
+pub mod access;
 pub mod audit;
 pub mod authn;
 pub mod authz;

@@ -175,6 +175,52 @@ impl Pki {
         self.root.cert_pem()
     }
 
+    /// Checks a client certificate chain as the TLS listeners' verifier
+    /// does (trust anchors, validity, revocation, the device's standing):
+    /// for DTLS, where OpenSSL only proves the client holds the key.
+    pub fn check_client_chain(
+        &self,
+        leaf: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+    ) -> Result<(), rustls::Error> {
+        self.index
+            .check(
+                leaf,
+                intermediates,
+                rustls_pki_types::UnixTime::now(),
+                &moat_pki::tls::provider(),
+            )
+            .map(drop)
+    }
+
+    /// The server's certificate chain and private key (PEM), for listeners
+    /// that cannot use the rustls resolver (DTLS).
+    pub async fn server_identity_pem(&self) -> Result<(String, String), IdentityError> {
+        Self::load_or_issue_server_cert(
+            &*self.store,
+            &self.root,
+            &self.wrap_key,
+            &self.settings,
+            false,
+        )
+        .await
+    }
+
+    /// Seals a device key's secret for DTLS-PSK, bound to the key's id.
+    pub fn seal_device_secret(&self, key: moat_core::DeviceKeyId, secret: &[u8]) -> Vec<u8> {
+        envelope::wrap(&self.wrap_key, &device_secret_name(key), secret)
+    }
+
+    /// Opens what [`seal_device_secret`](Self::seal_device_secret) sealed
+    /// for the same key.
+    pub fn open_device_secret(
+        &self,
+        key: moat_core::DeviceKeyId,
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, PkiError> {
+        envelope::unwrap(&self.wrap_key, &device_secret_name(key), sealed)
+    }
+
     pub fn root(&self) -> &Ca {
         &self.root
     }
@@ -674,4 +720,9 @@ pub fn pem(der: &[u8]) -> String {
     }
     out.push_str("-----END CERTIFICATE-----\n");
     out
+}
+
+/// The envelope name of a device key's sealed secret.
+fn device_secret_name(key: moat_core::DeviceKeyId) -> String {
+    format!("device-key-secret:{}", key.0)
 }

@@ -11,6 +11,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0002_pki.sql"),
     include_str!("../migrations/0003_provisioning.sql"),
     include_str!("../migrations/0004_channel_payload_limit.sql"),
+    include_str!("../migrations/0005_device_key_psk.sql"),
 ];
 
 pub(crate) fn run(conn: &mut Connection) -> Result<(), StoreError> {

@@ -147,6 +147,7 @@ pub(crate) fn device_key(row: &Row<'_>) -> rusqlite::Result<DeviceKey> {
         expires_at: opt_time(row, "expires_at")?,
         revoked_at: opt_time(row, "revoked_at")?,
         secret_hash: row.get("secret_hash")?,
+        psk_sealed: row.get("psk_sealed")?,
     })
 }
 

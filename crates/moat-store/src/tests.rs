@@ -563,6 +563,7 @@ async fn claiming_moves_a_device_and_spends_its_code_once() {
         expires_at: Some(now + chrono::Duration::days(3)),
         revoked_at: None,
         secret_hash: "k".into(),
+        psk_sealed: Some(vec![1, 2, 3]),
     };
     s.apply(
         vec![
@@ -635,10 +636,15 @@ async fn claiming_moves_a_device_and_spends_its_code_once() {
         (got.tenant_id, got.state),
         (customer.id, DeviceState::Active)
     );
+    let moved_key = s.device_key(key.id).await.unwrap().unwrap();
     assert_eq!(
-        s.device_key(key.id).await.unwrap().unwrap().tenant_id,
-        customer.id,
+        moved_key.tenant_id, customer.id,
         "the device's keys move with it"
+    );
+    assert_eq!(
+        moved_key.psk_sealed,
+        Some(vec![1, 2, 3]),
+        "the sealed DTLS secret is kept"
     );
     assert_eq!(
         s.devices_named(customer.id, &["kit-1".into(), "none".into()])

@@ -154,8 +154,8 @@ fn one(tx: &Transaction<'_>, change: Change) -> Result<(), StoreError> {
             .and_then(exactly_one("api key")),
         Change::InsertDeviceKey(k) => tx
             .execute(
-                "INSERT INTO device_keys (id, tenant_id, device_id, created_at, expires_at, revoked_at, secret_hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![k.id.to_string(), k.tenant_id.to_string(), k.device_id.to_string(), ms(k.created_at), opt_ms(k.expires_at), opt_ms(k.revoked_at), k.secret_hash],
+                "INSERT INTO device_keys (id, tenant_id, device_id, created_at, expires_at, revoked_at, secret_hash, psk_sealed) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![k.id.to_string(), k.tenant_id.to_string(), k.device_id.to_string(), ms(k.created_at), opt_ms(k.expires_at), opt_ms(k.revoked_at), k.secret_hash, k.psk_sealed],
             )
             .map(drop)
             .map_err(backend),

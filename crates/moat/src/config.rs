@@ -83,6 +83,18 @@ pub(crate) struct Config {
     /// PUBLISHes per second one MQTT client may send (0: no limit); beyond
     /// it the broker reads from that client more slowly.
     pub(crate) mqtt_publish_rate: u32,
+    /// CoAP over DTLS listen address (UDP; pre-shared keys or client
+    /// certificates).
+    pub(crate) coap_listen: SocketAddr,
+    /// Plain CoAP listen address (UDP), used only with `insecure_dev`.
+    pub(crate) coap_plain_listen: SocketAddr,
+    /// CoAP peers (addresses with a session) at most, over both listeners.
+    pub(crate) coap_max_peers: usize,
+    /// DTLS handshakes in progress at most; more ClientHellos are ignored.
+    pub(crate) coap_max_handshakes: usize,
+    /// A CoAP peer silent this long is forgotten (its DTLS session too).
+    #[serde(with = "humantime_serde")]
+    pub(crate) coap_idle_timeout: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -119,6 +131,11 @@ impl Default for Config {
             mqtt_max_session_expiry: Duration::from_secs(24 * 3600),
             mqtt_max_keep_alive: 1200,
             mqtt_publish_rate: 1000,
+            coap_listen: "0.0.0.0:5684".parse().expect("a valid address"),
+            coap_plain_listen: "127.0.0.1:5683".parse().expect("a valid address"),
+            coap_max_peers: 100_000,
+            coap_max_handshakes: 1024,
+            coap_idle_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -150,6 +167,11 @@ const FIELDS: &[&str] = &[
     "mqtt_max_session_expiry",
     "mqtt_max_keep_alive",
     "mqtt_publish_rate",
+    "coap_listen",
+    "coap_plain_listen",
+    "coap_max_peers",
+    "coap_max_handshakes",
+    "coap_idle_timeout",
 ];
 
 /// Flags of `moat serve`; each one, when given, wins over file and environment.
@@ -188,6 +210,14 @@ pub(crate) struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub(crate) mqtt_open_topics: bool,
+    /// CoAP over DTLS listen address (UDP) [default: 0.0.0.0:5684].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) coap_listen: Option<SocketAddr>,
+    /// Plain CoAP listen address (UDP) with --insecure-dev [default: 127.0.0.1:5683].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) coap_plain_listen: Option<SocketAddr>,
     /// The master key file [default: <data-dir>/master.key].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -216,6 +246,16 @@ impl Config {
             publish_rate: self.mqtt_publish_rate,
             open_topics: self.mqtt_open_topics && self.insecure_dev,
             ..moat_mqtt::BrokerConfig::default()
+        }
+    }
+
+    /// The CoAP adapter's settings.
+    pub(crate) fn coap(&self) -> moat_coap::CoapConfig {
+        moat_coap::CoapConfig {
+            max_peers: self.coap_max_peers,
+            max_handshakes: self.coap_max_handshakes,
+            idle_timeout: self.coap_idle_timeout,
+            ..moat_coap::CoapConfig::default()
         }
     }
 

@@ -4,6 +4,7 @@
 mod audit_verify;
 mod bootstrap;
 mod client;
+mod coap;
 mod config;
 mod mqtt;
 mod retention;

@@ -16,7 +16,7 @@ use moat_http::{AppState, Messaging, Settings};
 use moat_pki::master::{MasterKey, Purpose};
 use moat_pki::trust::DeviceVerifier;
 use moat_store::{SqliteMessageStore, SqliteStore};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 
 use crate::config::{Config, LogFormat, ServeArgs};
@@ -101,6 +101,25 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Arc::clone(&sessions),
     );
     broker.start();
+    let coap = Arc::new(moat_coap::Coap {
+        config: config.coap(),
+        store: Arc::clone(&store),
+        bus: Arc::clone(&bus) as Arc<dyn moat_core::message::bus::Bus>,
+        sessions: Arc::clone(&sessions),
+        credentials: Arc::new(crate::coap::PlatformCredentials {
+            store: Arc::clone(&store),
+            pki: Arc::clone(&pki),
+        }),
+    });
+    let (server_chain, server_key) = pki
+        .server_identity_pem()
+        .await
+        .context("loading the server certificate for DTLS")?;
+    let dtls = moat_coap::dtls::DtlsContext::new(&moat_coap::dtls::ServerIdentity {
+        chain_pem: server_chain,
+        key_pem: zeroize::Zeroizing::new(server_key),
+    })
+    .context("setting up DTLS")?;
     let state = AppState::new(
         store,
         Arc::clone(&sessions),
@@ -165,6 +184,32 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         mqtt_listener,
         Arc::clone(&broker),
         mqtt_opts,
+        stop_rx.clone(),
+    ));
+    if config.insecure_dev {
+        let plain = UdpSocket::bind(config.coap_plain_listen)
+            .await
+            .with_context(|| format!("binding plain CoAP on {}", config.coap_plain_listen))?;
+        let addr = plain.local_addr()?;
+        eprintln!("\n  !!! INSECURE: plain, unencrypted CoAP is on at {addr} (--insecure-dev).");
+        tracing::warn!(%addr, "insecure plain CoAP listener is on");
+        println!("coap plain listening on {addr}");
+        servers.spawn(moat_coap::run(
+            plain,
+            Arc::clone(&coap),
+            moat_coap::Security::Plain,
+            stop_rx.clone(),
+        ));
+    }
+    let coap_socket = UdpSocket::bind(config.coap_listen)
+        .await
+        .with_context(|| format!("binding CoAP on {}", config.coap_listen))?;
+    let addr = coap_socket.local_addr()?;
+    println!("coap listening on {addr}");
+    servers.spawn(moat_coap::run(
+        coap_socket,
+        coap,
+        moat_coap::Security::Dtls(Arc::new(dtls)),
         stop_rx.clone(),
     ));
     if config.insecure_dev {

@@ -100,7 +100,14 @@ async fn the_bootstrap_password_is_printed_once_when_not_given() {
     let mut cmd = Command::new(common::moat_bin());
     let dir = tempfile::tempdir().unwrap();
     let child = cmd
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--mqtt-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--coap-listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path().join("data"))
         .env_remove("MOAT_ADMIN_PASSWORD")
         .env_remove("MOAT_MASTER_KEY")

@@ -94,6 +94,12 @@ impl ContentType {
             .find(|c| c.as_str().eq_ignore_ascii_case(essence))
     }
 
+    /// The content type of a CoAP Content-Format number, if the platform
+    /// takes it.
+    pub fn from_coap_format(format: u16) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.coap_format() == format)
+    }
+
     /// CoAP's Content-Format number (RFC 7252 §12.3, RFC 8428 §12.3).
     pub fn coap_format(self) -> u16 {
         match self {

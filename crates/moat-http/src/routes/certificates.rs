@@ -598,6 +598,6 @@ pub async fn rotate_own_key(
     s.store.apply(changes, Some(record)).await?;
     Ok((
         StatusCode::CREATED,
-        Json(crate::routes::devices::IssuedDeviceKey { key, token }),
+        Json(crate::routes::devices::IssuedDeviceKey::new(key, token)),
     ))
 }

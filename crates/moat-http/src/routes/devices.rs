@@ -73,11 +73,39 @@ pub struct NewDeviceKey {
     pub replaces: Option<DeviceKeyId>,
 }
 
-/// A new key; `token` is shown this once and never again.
+/// A new key; `token` (and `dtls_psk.key`, which is part of it) is shown
+/// this once and never again.
 #[derive(Serialize, ToSchema)]
 pub struct IssuedDeviceKey {
     pub key: DeviceKey,
     pub token: String,
+    pub dtls_psk: DtlsPsk,
+}
+
+/// The same key for CoAP over DTLS with a pre-shared key: the identity and
+/// key a DTLS client is given (both 32 ASCII characters, within the limits
+/// of small DTLS stacks such as tinydtls). The device's id also works as
+/// the identity; it picks the device's newest usable key.
+#[derive(Serialize, ToSchema)]
+pub struct DtlsPsk {
+    /// The key's id, 32 hex digits.
+    pub identity: String,
+    /// The key's secret: the last 32 characters of `token`.
+    pub key: String,
+}
+
+impl IssuedDeviceKey {
+    pub(crate) fn new(key: DeviceKey, token: String) -> Self {
+        let secret = token[token.len() - 32..].to_owned();
+        Self {
+            dtls_psk: DtlsPsk {
+                identity: key.id.0.simple().to_string(),
+                key: secret,
+            },
+            key,
+            token,
+        }
+    }
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -401,7 +429,7 @@ pub async fn create_key(
         });
     }
     s.store.apply(changes, Some(record)).await?;
-    Ok((StatusCode::CREATED, Json(IssuedDeviceKey { key, token })))
+    Ok((StatusCode::CREATED, Json(IssuedDeviceKey::new(key, token))))
 }
 
 /// A new key for `d` and its token (to show once), unless the device
@@ -425,14 +453,18 @@ pub(crate) async fn new_key(
         )));
     }
     let issued = credential::issue(TokenKind::DeviceKey);
+    let id = DeviceKeyId(issued.id);
+    let (_, secret) =
+        credential::parse(TokenKind::DeviceKey, &issued.token).ok_or_else(ApiError::internal)?;
     let key = DeviceKey {
-        id: DeviceKeyId(issued.id),
+        id,
         tenant_id: d.tenant_id,
         device_id: d.id,
         created_at: now,
         expires_at,
         revoked_at: None,
         secret_hash: issued.hash,
+        psk_sealed: Some(s.pki.seal_device_secret(id, &secret)),
     };
     Ok((key, issued.token))
 }

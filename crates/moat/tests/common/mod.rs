@@ -34,6 +34,10 @@ pub struct Server {
     pub mqtt: String,
     /// `127.0.0.1:PORT` of plain MQTT, with `--insecure-dev`.
     pub mqtt_plain: Option<String>,
+    /// `127.0.0.1:PORT` of CoAP over DTLS (UDP).
+    pub coap: String,
+    /// `127.0.0.1:PORT` of plain CoAP (UDP), with `--insecure-dev`.
+    pub coap_plain: Option<String>,
     pub stdout: Vec<String>,
     pub stderr: mpsc::Receiver<String>,
 }
@@ -81,6 +85,8 @@ impl Server {
             .args(["--listen", "127.0.0.1:0"])
             .args(["--mqtt-listen", "127.0.0.1:0"])
             .args(["--mqtt-plain-listen", "127.0.0.1:0"])
+            .args(["--coap-listen", "127.0.0.1:0"])
+            .args(["--coap-plain-listen", "127.0.0.1:0"])
             .args(&opts.args)
             .env_remove("MOAT_MASTER_KEY")
             .env("MOAT_LOG", "info")
@@ -123,6 +129,8 @@ impl Server {
         let mut plain_url = None;
         let mut mqtt = String::new();
         let mut mqtt_plain = None;
+        let mut coap = String::new();
+        let mut coap_plain = None;
         loop {
             match out_rx.recv_timeout(Duration::from_secs(60)) {
                 Ok(line) => {
@@ -131,6 +139,12 @@ impl Server {
                     }
                     if let Some(addr) = line.strip_prefix("mqtt plain listening on ") {
                         mqtt_plain = Some(addr.to_owned());
+                    }
+                    if let Some(addr) = line.strip_prefix("coap listening on ") {
+                        coap = addr.to_owned();
+                    }
+                    if let Some(addr) = line.strip_prefix("coap plain listening on ") {
+                        coap_plain = Some(addr.to_owned());
                     }
                     if let Some(addr) = line.strip_prefix("http listening on ") {
                         plain_url = Some(format!("http://{addr}"));
@@ -147,6 +161,8 @@ impl Server {
                             plain_url,
                             mqtt,
                             mqtt_plain,
+                            coap,
+                            coap_plain,
                             stdout: lines,
                             stderr: err_rx,
                         });
