@@ -90,15 +90,14 @@ impl DtlsContext {
         b.set_min_proto_version(Some(SslVersion::DTLS1_2))?;
         b.set_max_proto_version(Some(SslVersion::DTLS1_2))?;
         b.set_cipher_list(
-            "PSK-AES128-GCM-SHA256:PSK-AES128-CCM:PSK-AES128-CCM8:\
-             ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES128-CCM:ECDHE-ECDSA-AES128-CCM8:\
+            "PSK-AES128-GCM-SHA256:PSK-AES128-CCM8:PSK-AES128-CCM:\
+             ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES128-CCM8:ECDHE-ECDSA-AES128-CCM:\
              @SECLEVEL=0",
         )?;
         b.set_options(
             SslOptions::COOKIE_EXCHANGE
                 | SslOptions::NO_TICKET
-                | SslOptions::CIPHER_SERVER_PREFERENCE
-                | SslOptions::NO_RENEGOTIATION,
+                | SslOptions::CIPHER_SERVER_PREFERENCE,
         );
         b.set_groups_list("P-256")?;
         let mut certs = X509::stack_from_pem(server.chain_pem.as_bytes())?.into_iter();
