@@ -97,7 +97,8 @@ impl DtlsContext {
         b.set_options(
             SslOptions::COOKIE_EXCHANGE
                 | SslOptions::NO_TICKET
-                | SslOptions::CIPHER_SERVER_PREFERENCE,
+                | SslOptions::CIPHER_SERVER_PREFERENCE
+                | SslOptions::NO_RENEGOTIATION,
         );
         b.set_groups_list("P-256")?;
         let mut certs = X509::stack_from_pem(server.chain_pem.as_bytes())?.into_iter();
