@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use moat_core::audit::{AuditRecord, Outcome};
-use moat_core::authz::{self, Decision, MessageAccess, Principal, Subject};
+use moat_core::authz::{Decision, MessageAccess, Principal, Subject};
 use moat_core::page::ListQuery;
 use moat_core::store::ConnectionsOf;
 use moat_core::{Channel, ChannelId, DeviceId};
@@ -252,32 +252,10 @@ impl Broker {
                 reason: "the store is unavailable",
             }
         };
-        let channel = self.store.channel(id).await.map_err(unavailable)?;
-        let decision = match &channel {
-            None => Decision::NotFound,
-            Some(c) => {
-                let tenant = self
-                    .store
-                    .tenant(c.tenant_id)
-                    .await
-                    .map_err(unavailable)?
-                    .map(|t| t.path);
-                let connection = match principal.subject {
-                    Subject::Device(device) => self
-                        .store
-                        .connection(id, device)
-                        .await
-                        .map_err(unavailable)?,
-                    _ => None,
-                };
-                match tenant {
-                    Some(path) => {
-                        authz::authorize_messages(principal, access, &path, id, connection.as_ref())
-                    }
-                    None => Decision::NotFound,
-                }
-            }
-        };
+        let (channel, decision) =
+            moat_core::access::channel_access(&*self.store, principal, id, access)
+                .await
+                .map_err(unavailable)?;
         match (decision, channel) {
             (Decision::Allow, Some(c)) => Ok(c),
             _ => {
