@@ -216,8 +216,8 @@ async fn flush(socket: &UdpSocket, addr: SocketAddr, stream: &mut SslStream<Chan
     send_all(socket, addr, out).await;
 }
 
-fn handshake_failed(reason: &'static str) {
-    metrics::counter!("moat_coap_handshakes_total", "outcome" => reason).increment(1);
+fn handshake_outcome(outcome: &'static str) {
+    metrics::counter!("moat_coap_handshakes_total", "outcome" => outcome).increment(1);
 }
 
 /// A DTLS peer: the handshake (with the PSK looked up as it arrives), the
@@ -257,7 +257,7 @@ async fn dtls_peer(
             },
             () = sleep(HANDSHAKE_TICK) => {}
             () = sleep_until(deadline) => {
-                handshake_failed("timeout");
+                handshake_outcome("timeout");
                 return None;
             }
             _ = p.shutdown.changed() => return None,
@@ -268,7 +268,7 @@ async fn dtls_peer(
             Err(e) => {
                 flush(&p.socket, p.addr, &mut stream).await;
                 tracing::debug!(peer = %p.addr, error = %e, "DTLS handshake failed");
-                handshake_failed("failed");
+                handshake_outcome("failed");
                 return None;
             }
         }
@@ -304,12 +304,12 @@ async fn dtls_peer(
         None => None,
     };
     let Some(principal) = principal else {
-        handshake_failed("refused");
+        handshake_outcome("refused");
         let _ = stream.shutdown();
         flush(&p.socket, p.addr, &mut stream).await;
         return None;
     };
-    handshake_failed("ok");
+    handshake_outcome("ok");
     let device = device.expect("a principal comes from a device");
     let cut = Arc::new(tokio::sync::Notify::new());
     let _guard = {

@@ -162,10 +162,9 @@ impl Session {
             } => {
                 metrics::counter!("moat_coap_malformed_total", "reason" => "refused_option")
                     .increment(1);
-                vec![self.remember(
-                    mid,
-                    Response::error(code, why).answer(confirmable, mid, &token),
-                )]
+                let reply_mid = if confirmable { mid } else { self.mid() };
+                let answer = Response::error(code, why).answer(confirmable, reply_mid, &token);
+                vec![self.remember(mid, answer)]
             }
             Incoming::Request(r) => {
                 self.forget_old();
