@@ -17,7 +17,7 @@ use coap_lite::{CoapOption, MessageType, RequestType, ResponseType};
 use moat_core::authz::{MessageAccess, Principal};
 use moat_core::message::Message;
 use moat_core::message::bus::{Filter, check_filter};
-use moat_core::{ChannelId, authn};
+use moat_core::{Channel, ChannelId, authn};
 use rand::Rng;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -45,6 +45,13 @@ const OBSERVE_QUEUE: usize = 64;
 /// the client is still there).
 const CON_EVERY: u32 = 20;
 const CON_AFTER: Duration = Duration::from_secs(60);
+/// How long a channel decision of an authenticated session is reused
+/// (as the MQTT broker's), so that a device posting often does not read the
+/// channel, its tenant and its connection from the store each time. A
+/// change of the device's rights clears them at once (`recheck`).
+const DECISION_TTL: Duration = Duration::from_secs(1);
+/// Decisions a session keeps at most.
+const DECISIONS: usize = 64;
 /// Observe sequence numbers are 24 bits.
 const OBSERVE_MASK: u32 = 0x00ff_ffff;
 
@@ -104,6 +111,8 @@ pub(crate) struct Session {
     representations: VecDeque<Representation>,
     pending: Option<Pending>,
     next_mid: u16,
+    /// (channel, publish?) → the channel, when allowed, and when decided.
+    decisions: HashMap<(ChannelId, bool), (Instant, Channel)>,
 }
 
 impl Session {
@@ -125,6 +134,7 @@ impl Session {
             representations: VecDeque::new(),
             pending: None,
             next_mid: rand::thread_rng().r#gen(),
+            decisions: HashMap::new(),
         }
     }
 
@@ -279,11 +289,10 @@ impl Session {
         if r.size1.is_some_and(|s| s as usize > max) {
             return too_large();
         }
-        let channel =
-            match resources::channel(&self.coap, principal, id, MessageAccess::Publish).await {
-                Ok(c) => c,
-                Err(response) => return response,
-            };
+        let channel = match self.channel(principal, id, MessageAccess::Publish).await {
+            Ok(c) => c,
+            Err(response) => return response,
+        };
         let Some(b1) = r.block1.clone() else {
             return resources::publish(
                 &self.coap,
@@ -357,9 +366,7 @@ impl Session {
                 return Response::error(ResponseType::BadRequest, why);
             }
         }
-        if let Err(response) =
-            resources::channel(&self.coap, principal, id, MessageAccess::Subscribe).await
-        {
+        if let Err(response) = self.channel(principal, id, MessageAccess::Subscribe).await {
             return response;
         }
         if !self.observations.contains_key(&r.token)
@@ -392,6 +399,35 @@ impl Session {
         );
         metrics::counter!("moat_coap_observations_total").increment(1);
         Response::new(ResponseType::Content).option_uint(CoapOption::Observe, self.next_seq())
+    }
+
+    /// The channel if `principal` may use it for `access`: decided by the
+    /// platform, reused for [`DECISION_TTL`] on an authenticated session
+    /// (plain CoAP's principal changes with each request's key).
+    async fn channel(
+        &mut self,
+        principal: &Principal,
+        id: ChannelId,
+        access: MessageAccess,
+    ) -> Result<Channel, Response> {
+        let key = (id, access == MessageAccess::Publish);
+        let cacheable = self.principal.is_some();
+        if let Some((at, c)) = self.decisions.get(&key) {
+            if cacheable && at.elapsed() < DECISION_TTL {
+                return Ok(c.clone());
+            }
+        }
+        let c = resources::channel(&self.coap, principal, id, access).await?;
+        if cacheable {
+            if self.decisions.len() >= DECISIONS {
+                self.decisions
+                    .retain(|_, (at, _)| at.elapsed() < DECISION_TTL);
+            }
+            if self.decisions.len() < DECISIONS {
+                self.decisions.insert(key, (Instant::now(), c.clone()));
+            }
+        }
+        Ok(c)
     }
 
     fn block2(&self, r: &Request) -> Response {
@@ -545,6 +581,7 @@ impl Session {
     /// Ends the observations of channels the device may no longer read
     /// (its rights changed), each with a final 4.03.
     pub(crate) async fn recheck(&mut self) -> Vec<Vec<u8>> {
+        self.decisions.clear();
         let Some(principal) = self.principal.clone() else {
             return Vec::new();
         };
