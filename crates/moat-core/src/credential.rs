@@ -82,6 +82,25 @@ pub fn parse(kind: TokenKind, token: &str) -> Option<(Uuid, [u8; 16])> {
     Some((id, secret))
 }
 
+/// Characters in a device key's DTLS pre-shared key.
+pub const DTLS_PSK_LEN: usize = 16;
+
+/// The DTLS pre-shared key of a device key's secret: 16 characters,
+/// URL-safe base64 of the first 96 bits of HMAC-SHA256 keyed by the secret
+/// over a fixed label. Text, because libcoap's `coap-client -k` takes the
+/// key literally; 16 bytes, because tinydtls (aiocoap's DTLS, and many
+/// device stacks) holds at most that (`DTLS_PSK_MAX_KEY_LEN`). 96 bits keep
+/// an offline search of a recorded handshake out of reach.
+pub fn dtls_psk(secret: &[u8]) -> zeroize::Zeroizing<String> {
+    use base64::Engine as _;
+    use hmac::{Hmac, Mac};
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(b"moat dtls psk v1");
+    let mut tag = zeroize::Zeroizing::new([0u8; 32]);
+    tag.copy_from_slice(&mac.finalize().into_bytes());
+    zeroize::Zeroizing::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&tag[..12]))
+}
+
 pub fn hash_secret(secret: &[u8]) -> String {
     hex::encode(Sha256::digest(secret))
 }
@@ -171,6 +190,18 @@ mod tests {
             assert!(verify(&secret, &t.hash));
             assert!(!verify(&[0u8; 16], &t.hash));
         }
+    }
+
+    #[test]
+    fn dtls_psks_are_16_shell_safe_characters_bound_to_the_secret() {
+        let a = dtls_psk(&[1u8; 16]);
+        assert_eq!(a.len(), DTLS_PSK_LEN);
+        assert!(
+            a.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        );
+        assert_eq!(*a, *dtls_psk(&[1u8; 16]));
+        assert_ne!(*a, *dtls_psk(&[2u8; 16]));
     }
 
     #[test]

@@ -38,8 +38,8 @@ impl PlatformCredentials {
 #[async_trait]
 impl Credentials for PlatformCredentials {
     /// The identity is a device key's id (that key) or a device's id (its
-    /// newest usable key that has a DTLS secret); the PSK is the key's
-    /// secret as 32 hex digits, the end of its `moat_dk_…` token.
+    /// newest usable key that has a DTLS secret); the PSK is
+    /// `credential::dtls_psk` of the key's secret.
     async fn psk(&self, identity: &[u8], peer: SocketAddr) -> Option<Psk> {
         let Some(id) = std::str::from_utf8(identity)
             .ok()
@@ -81,7 +81,11 @@ impl Credentials for PlatformCredentials {
         match self.pki.open_device_secret(key.id, sealed) {
             Ok(secret) => Some(Psk {
                 device: key.device_id,
-                key: Zeroizing::new(hex::encode(Zeroizing::new(secret)).into_bytes()),
+                key: Zeroizing::new(
+                    moat_core::credential::dtls_psk(&Zeroizing::new(secret))
+                        .as_bytes()
+                        .to_vec(),
+                ),
             }),
             Err(e) => {
                 tracing::error!(error = %e, "could not open a sealed device secret");

@@ -27,9 +27,9 @@ async fn admin(server: &Server) -> Api {
     Api::bearer(server, &server.admin_token().await)
 }
 
-/// The DTLS pre-shared key of a device key token: its last 32 characters.
+/// The DTLS pre-shared key of a device's key, as the API gave it.
 fn psk(p: &Publisher) -> &str {
-    &p.key[p.key.len() - 32..]
+    &p.psk
 }
 
 /// Runs `coap-client-openssl` with `args`; its stdout and stderr together,
@@ -316,6 +316,51 @@ fn uuid_v4() -> String {
         u16::from_be_bytes([b[8], b[9]]) & 0xfff,
         u64::from_be_bytes([0, 0, b[10], b[11], b[12], b[13], b[14], b[15]])
     )
+}
+
+#[tokio::test]
+async fn aiocoap_over_tinydtls_observes_publishes_and_is_refused_elsewhere() {
+    let server = Server::start();
+    let admin = admin(&server).await;
+    let channel = admin
+        .create("/channels", json!({"name": "py", "payload_policy": "json"}))
+        .await;
+    let other = admin
+        .create(
+            "/channels",
+            json!({"name": "other", "payload_policy": "json"}),
+        )
+        .await;
+    let meter = device(&admin, &channel, "py-meter", true, true).await;
+    // tinydtls takes identities up to 32 bytes: the key's id, not the
+    // hyphenated device id.
+    let key_id = &meter.key["moat_dk_".len().."moat_dk_".len() + 32];
+    let (host, port) = server.coap.rsplit_once(':').unwrap();
+    let run = tokio::process::Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/coap_aiocoap.py"
+        ))
+        .args([host, port, key_id, psk(&meter), &channel, &other])
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(90), run)
+        .await
+        .expect("the aiocoap script finished in time")
+        .expect("python3 runs (scripts/install-test-deps)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && text.contains("done"), "{text}");
+    let stored = all_messages(&admin, &channel).await;
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(stored[0]["protocol"], "coap");
+    assert_eq!(stored[0]["subtopic"], "py");
+    assert_eq!(stored[0]["payload"], json!({"aiocoap": true}));
+    assert!(all_messages(&admin, &other).await.is_empty());
 }
 
 #[tokio::test]

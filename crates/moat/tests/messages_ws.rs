@@ -166,6 +166,7 @@ async fn apps_receive_what_devices_publish_filtered_by_subtopic() {
     let Publisher {
         device: device_id,
         key,
+        ..
     } = device(&admin, &channel, "meter", true, false).await;
     let mut all = connect(&server, &channel, "", Some(&token)).await;
     // `+` in a query string is a space: it travels as %2B.
@@ -322,14 +323,17 @@ async fn rights_decide_who_connects_publishes_and_receives() {
     let Publisher {
         device: _,
         key: publisher,
+        ..
     } = device(&admin, &channel, "pub-only", true, false).await;
     let Publisher {
         device: _,
         key: reader,
+        ..
     } = device(&admin, &channel, "sub-only", false, true).await;
     let Publisher {
         device: _,
         key: stranger,
+        ..
     } = device(&admin, &channel, "unconnected", false, false).await;
 
     // A publish-only device may connect and publish, but hears nothing.
@@ -441,7 +445,9 @@ async fn a_request_that_is_no_upgrade_gets_a_problem_document() {
 #[tokio::test]
 async fn revoking_a_device_closes_its_socket() {
     let (server, admin, channel) = setup().await;
-    let Publisher { device: id, key } = device(&admin, &channel, "meter", true, true).await;
+    let Publisher {
+        device: id, key, ..
+    } = device(&admin, &channel, "meter", true, true).await;
     let mut ws = connect(&server, &channel, "", Some(&format!("Device {key}"))).await;
     send_json(
         &mut ws,
@@ -580,6 +586,7 @@ async fn apps_lose_their_sockets_when_their_credentials_or_rights_go() {
     let Publisher {
         device: device_id,
         key: device_key,
+        ..
     } = device(&admin, &channel, "meter", false, true).await;
     let mut ws = connect(&server, &channel, "", Some(&format!("Device {device_key}"))).await;
     let r = admin

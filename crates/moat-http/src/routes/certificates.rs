@@ -579,7 +579,8 @@ pub async fn rotate_own_key(
         .ok_or_else(|| ApiError::not_found("device key"))?;
     let now = Utc::now();
     let expires_at = old_key.expires_at.map(|e| now + (e - old_key.created_at));
-    let (key, token) = crate::routes::devices::new_key(&s, &device, now, expires_at).await?;
+    let issued = crate::routes::devices::new_key(&s, &device, now, expires_at).await?;
+    let key = &issued.key;
     let record = caller
         .record(
             "device_key.rotate",
@@ -596,8 +597,5 @@ pub async fn rotate_own_key(
         },
     ];
     s.store.apply(changes, Some(record)).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(crate::routes::devices::IssuedDeviceKey::new(key, token)),
-    ))
+    Ok((StatusCode::CREATED, Json(issued)))
 }

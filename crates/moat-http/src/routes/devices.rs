@@ -73,8 +73,8 @@ pub struct NewDeviceKey {
     pub replaces: Option<DeviceKeyId>,
 }
 
-/// A new key; `token` (and `dtls_psk.key`, which is part of it) is shown
-/// this once and never again.
+/// A new key; `token` and `dtls_psk.key` (made from the token's secret)
+/// are shown this once and never again.
 #[derive(Serialize, ToSchema)]
 pub struct IssuedDeviceKey {
     pub key: DeviceKey,
@@ -83,24 +83,24 @@ pub struct IssuedDeviceKey {
 }
 
 /// The same key for CoAP over DTLS with a pre-shared key: the identity and
-/// key a DTLS client is given (both 32 ASCII characters, within the limits
-/// of small DTLS stacks such as tinydtls). The device's id also works as
-/// the identity; it picks the device's newest usable key.
+/// key a DTLS client is given, within the limits of small DTLS stacks such
+/// as tinydtls (identity up to 32 bytes, key up to 16). The device's id
+/// also works as the identity; it picks the device's newest usable key.
 #[derive(Serialize, ToSchema)]
 pub struct DtlsPsk {
     /// The key's id, 32 hex digits.
     pub identity: String,
-    /// The key's secret: the last 32 characters of `token`.
+    /// 16 characters (URL-safe base64) derived from the token's secret; a
+    /// DTLS client uses them as the key's bytes.
     pub key: String,
 }
 
 impl IssuedDeviceKey {
-    pub(crate) fn new(key: DeviceKey, token: String) -> Self {
-        let secret = token[token.len() - 32..].to_owned();
+    pub(crate) fn new(key: DeviceKey, token: String, secret: &[u8]) -> Self {
         Self {
             dtls_psk: DtlsPsk {
                 identity: key.id.0.simple().to_string(),
-                key: secret,
+                key: moat_core::credential::dtls_psk(secret).to_string(),
             },
             key,
             token,
@@ -412,7 +412,8 @@ pub async fn create_key(
         ),
         None => None,
     };
-    let (key, token) = new_key(&s, &d, now, expires_at).await?;
+    let issued = new_key(&s, &d, now, expires_at).await?;
+    let key = &issued.key;
     let record = caller
         .record(
             "device_key.create",
@@ -429,7 +430,7 @@ pub async fn create_key(
         });
     }
     s.store.apply(changes, Some(record)).await?;
-    Ok((StatusCode::CREATED, Json(IssuedDeviceKey::new(key, token))))
+    Ok((StatusCode::CREATED, Json(issued)))
 }
 
 /// A new key for `d` and its token (to show once), unless the device
@@ -439,7 +440,7 @@ pub(crate) async fn new_key(
     d: &Device,
     now: chrono::DateTime<chrono::Utc>,
     expires_at: Option<chrono::DateTime<chrono::Utc>>,
-) -> Result<(DeviceKey, String), ApiError> {
+) -> Result<IssuedDeviceKey, ApiError> {
     let usable = s
         .store
         .device_keys(d.id)
@@ -466,7 +467,7 @@ pub(crate) async fn new_key(
         secret_hash: issued.hash,
         psk_sealed: Some(s.pki.seal_device_secret(id, &secret)),
     };
-    Ok((key, issued.token))
+    Ok(IssuedDeviceKey::new(key, issued.token, &secret))
 }
 
 /// Lists a device's keys (never their secrets).

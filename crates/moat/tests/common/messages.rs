@@ -10,6 +10,8 @@ pub struct Publisher {
     pub device: String,
     /// `moat_dk_…`, for `Authorization: Device <key>`.
     pub key: String,
+    /// The key's DTLS pre-shared key (`dtls_psk.key` of the answer).
+    pub psk: String,
 }
 
 /// Creates a device named `name` with a key, connected to `channel` with
@@ -27,10 +29,11 @@ pub async fn device(
         .await;
     assert_eq!(issued.status, 201, "{issued:?}");
     let key = issued.body["token"].as_str().unwrap().to_owned();
+    let psk = issued.body["dtls_psk"]["key"].as_str().unwrap().to_owned();
     if publish || subscribe {
         connect(admin, channel, &device, publish, subscribe).await;
     }
-    Publisher { device, key }
+    Publisher { device, key, psk }
 }
 
 /// Connects `device` to `channel` with the given rights.
