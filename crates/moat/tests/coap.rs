@@ -1,12 +1,13 @@
 //! CoAP over DTLS end to end against the real binary, with clients written
 //! by others: libcoap's `coap-client-openssl` (Debian's libcoap3-bin) with a
 //! pre-shared key and with a client certificate; OpenSSL in process for the
-//! cookie exchange. (aiocoap is not here yet: its tinydtls, through
-//! DTLSSocket 0.2.3, ends the handshake with an internal_error alert when
-//! the key is 32 bytes long; see issue 6's note.)
+//! cookie exchange; aiocoap (PyPI, DTLS through tinydtls) with a pre-shared
+//! key (tests/coap_aiocoap.py).
 //!
-//! What is checked: POST lands in the store (also in Block1 pieces), GET
-//! with Observe hears messages from HTTP (a large one through Block2);
+//! What is checked: POST lands in the store (also in Block1 pieces) and
+//! reaches MQTT subscribers, GET with Observe hears messages from HTTP (a
+//! large one through Block2) and ends with 4.03 when the device loses its
+//! subscribe right;
 //! refusals carry 4.xx codes; a wrong key fails the handshake; the server
 //! answers a ClientHello with a HelloVerifyRequest no larger than it and
 //! ignores datagrams without a session; revoking a device cuts its DTLS
@@ -19,7 +20,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::messages::{Publisher, all_messages, connect, device};
-use common::mqtt::device_with_cert;
+use common::mqtt::{device_with_cert, next_v5, v5_with_key};
 use common::{Api, Options, Server};
 use serde_json::json;
 
@@ -581,4 +582,111 @@ async fn revoking_a_device_cuts_its_dtls_session() {
     .await;
     assert!(!out.contains("2.04"), "{out}");
     assert!(all_messages(&admin, &channel).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_coap_publish_reaches_mqtt_subscribers() {
+    let server = Server::start();
+    let admin = admin(&server).await;
+    let channel = admin
+        .create(
+            "/channels",
+            json!({"name": "bridge", "payload_policy": "json"}),
+        )
+        .await;
+    let meter = device(&admin, &channel, "coap-meter", true, false).await;
+    let listener = device(&admin, &channel, "mqtt-listener", false, true).await;
+    let (client, mut events) = rumqttc::v5::AsyncClient::new(
+        v5_with_key(&server, "listener", &listener.device, &listener.key),
+        16,
+    );
+    client
+        .subscribe(
+            format!("channels/{channel}/messages/#"),
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        )
+        .await
+        .unwrap();
+    loop {
+        match next_v5(&mut events, 10).await.expect("suback") {
+            rumqttc::v5::mqttbytes::v5::Packet::SubAck(a) => {
+                assert_eq!(
+                    a.return_codes,
+                    vec![rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(
+                        rumqttc::v5::mqttbytes::QoS::AtLeastOnce
+                    )]
+                );
+                break;
+            }
+            _ => continue,
+        }
+    }
+    let (ok, out) = coap_client(
+        &[
+            "-m",
+            "post",
+            "-u",
+            &meter.device,
+            "-k",
+            psk(&meter),
+            "-t",
+            "50",
+            "-e",
+            r#"{"kwh":7}"#,
+            &url(&server, &format!("channels/{channel}/messages/floor2")),
+        ],
+        5,
+    )
+    .await;
+    assert!(ok && !out.contains("4."), "{out}");
+    loop {
+        match next_v5(&mut events, 10).await.expect("the CoAP message") {
+            rumqttc::v5::mqttbytes::v5::Packet::Publish(p) => {
+                assert_eq!(
+                    &p.topic[..],
+                    format!("channels/{channel}/messages/floor2").as_bytes()
+                );
+                assert_eq!(&p.payload[..], br#"{"kwh":7}"#);
+                break;
+            }
+            _ => continue,
+        }
+    }
+}
+
+#[tokio::test]
+async fn losing_the_subscribe_right_ends_an_observation_with_4_03() {
+    let server = Server::start();
+    let admin = admin(&server).await;
+    let channel = admin
+        .create(
+            "/channels",
+            json!({"name": "watch", "payload_policy": "opaque"}),
+        )
+        .await;
+    let watcher = device(&admin, &channel, "watcher", true, true).await;
+    let talker = device(&admin, &channel, "talker", true, false).await;
+    let observe_url = url(&server, &format!("channels/{channel}/messages"));
+    let (id, key) = (watcher.device.clone(), psk(&watcher).to_owned());
+    let observer = tokio::spawn(async move {
+        coap_client(
+            &["-m", "get", "-s", "6", "-u", &id, "-k", &key, &observe_url],
+            6,
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let auth = format!("Device {}", talker.key);
+    let r = common::messages::publish(&server, &auth, &channel, "", "", "before").await;
+    assert!(r.status < 300, "{r:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Publish only, from now on.
+    connect(&admin, &channel, &watcher.device, true, false).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = common::messages::publish(&server, &auth, &channel, "", "", "after").await;
+    assert!(r.status < 300, "{r:?}");
+    let (_, out) = observer.await.unwrap();
+    assert!(out.contains("before"), "{out}");
+    assert!(out.contains("4.03"), "{out}");
+    assert!(!out.contains("after"), "{out}");
 }
