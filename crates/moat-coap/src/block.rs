@@ -8,17 +8,17 @@ use coap_lite::block_handler::BlockValue;
 /// An upload in progress: one per peer and resource path (RFC 7959 §2.3
 /// ties the blocks of one body to the endpoint and the request URI).
 #[derive(Debug)]
-pub(crate) struct Upload {
+pub struct Upload {
     pub(crate) path: Vec<String>,
     pub(crate) content_format: Option<u16>,
-    pub(crate) body: Vec<u8>,
+    pub body: Vec<u8>,
     next: u32,
     size: usize,
 }
 
 /// What a Block1 piece did.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Piece {
+pub enum Piece {
     /// Stored; more to come: answer 2.31 Continue.
     More,
     /// The last piece: the whole body is in the upload.
@@ -30,7 +30,7 @@ pub(crate) enum Piece {
 }
 
 impl Upload {
-    pub(crate) fn new(path: Vec<String>, content_format: Option<u16>) -> Self {
+    pub fn new(path: Vec<String>, content_format: Option<u16>) -> Self {
         Self {
             path,
             content_format,
@@ -41,7 +41,7 @@ impl Upload {
     }
 
     /// Adds piece `b` carrying `data`, within `limit` bytes in all.
-    pub(crate) fn add(&mut self, b: &BlockValue, data: &[u8], limit: usize) -> Piece {
+    pub fn add(&mut self, b: &BlockValue, data: &[u8], limit: usize) -> Piece {
         let size = b.size();
         if u32::from(b.num) != self.next || (self.next > 0 && size != self.size) {
             return Piece::OutOfOrder;
@@ -62,7 +62,7 @@ impl Upload {
 
 /// Block `num` of `body` cut into blocks of `size`: the piece and its
 /// Block2 value; `None` past the end.
-pub(crate) fn piece(body: &[u8], num: usize, size: usize) -> Option<(&[u8], BlockValue)> {
+pub fn piece(body: &[u8], num: usize, size: usize) -> Option<(&[u8], BlockValue)> {
     let start = num.checked_mul(size)?;
     if start > body.len() || (start == body.len() && num > 0) {
         return None;
@@ -75,7 +75,7 @@ pub(crate) fn piece(body: &[u8], num: usize, size: usize) -> Option<(&[u8], Bloc
 
 /// The block size to use: the server's, or the smaller one a client asked
 /// for; always a power of two from 16 to 1024.
-pub(crate) fn block_size(server: usize, asked: Option<&BlockValue>) -> usize {
+pub fn block_size(server: usize, asked: Option<&BlockValue>) -> usize {
     let server = server.clamp(16, 1024).next_power_of_two().min(1024);
     asked.map_or(server, |b| b.size().min(server))
 }

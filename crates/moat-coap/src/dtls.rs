@@ -77,6 +77,7 @@ fn slot_index() -> Index<Ssl, SharedSlot> {
 /// The server's DTLS context, shared by every peer.
 pub struct DtlsContext {
     ssl: SslContext,
+    cookies: Arc<CookieSecret>,
 }
 
 impl DtlsContext {
@@ -144,14 +145,28 @@ impl DtlsContext {
             out[..n].copy_from_slice(&c[..n]);
             Ok(n)
         });
+        let verify = Arc::clone(&secret);
         b.set_cookie_verify_cb(move |ssl, cookie| {
             let Some(addr) = ssl.ex_data(addr_index()) else {
                 return false;
             };
-            let now = window_now();
-            secret.verify(addr, now, cookie) || secret.verify(addr, now.saturating_sub(1), cookie)
+            verify.is_current(addr, cookie)
         });
-        Ok(Self { ssl: b.build() })
+        Ok(Self {
+            ssl: b.build(),
+            cookies: secret,
+        })
+    }
+
+    /// The cookie for `addr` now: what OpenSSL's cookie callback makes.
+    pub(crate) fn cookie(&self, addr: &SocketAddr) -> Vec<u8> {
+        self.cookies.cookie(addr, window_now())
+    }
+
+    /// Whether `cookie` is one made for `addr` in this window or the one
+    /// before (what OpenSSL's verify callback accepts).
+    pub(crate) fn cookie_is_current(&self, addr: &SocketAddr, cookie: &[u8]) -> bool {
+        self.cookies.is_current(addr, cookie)
     }
 
     /// A server-side DTLS stream for the peer at `addr`, reading the PSK
@@ -196,6 +211,11 @@ impl CookieSecret {
 
     fn verify(&self, addr: &SocketAddr, window: u64, cookie: &[u8]) -> bool {
         self.mac(addr, window).verify_truncated_left(cookie).is_ok() && cookie.len() == 16
+    }
+
+    fn is_current(&self, addr: &SocketAddr, cookie: &[u8]) -> bool {
+        let now = window_now();
+        self.verify(addr, now, cookie) || self.verify(addr, now.saturating_sub(1), cookie)
     }
 }
 
@@ -256,7 +276,7 @@ fn records(datagram: &[u8]) -> impl Iterator<Item = (u8, u16, &[u8])> {
 /// Whether a datagram opens a handshake: its first record is an epoch-0
 /// handshake record holding a ClientHello. Only such a datagram makes the
 /// endpoint keep state for a new address.
-pub(crate) fn is_client_hello(datagram: &[u8]) -> bool {
+pub fn is_client_hello(datagram: &[u8]) -> bool {
     records(datagram).next().is_some_and(|(kind, epoch, body)| {
         kind == CONTENT_HANDSHAKE && epoch == 0 && body.first() == Some(&CLIENT_HELLO)
     })
@@ -266,7 +286,7 @@ pub(crate) fn is_client_hello(datagram: &[u8]) -> bool {
 /// (the first fragment of an epoch-0 handshake message of that type; the
 /// identity, a 16-bit length and its bytes, leads the message for every
 /// PSK key exchange).
-pub(crate) fn psk_identity(datagram: &[u8]) -> Option<&[u8]> {
+pub fn psk_identity(datagram: &[u8]) -> Option<&[u8]> {
     records(datagram).find_map(|(kind, epoch, body)| {
         if kind != CONTENT_HANDSHAKE || epoch != 0 || body.len() < HANDSHAKE_HEADER {
             return None;

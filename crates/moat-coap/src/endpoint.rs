@@ -1,9 +1,11 @@
 //! One UDP socket, many peers: datagrams are demultiplexed by source
 //! address to a task per peer. With DTLS, an address gets state only for a
-//! ClientHello, and only while fewer than `max_handshakes` handshakes are in
-//! progress; until the cookie round trip proves the address, OpenSSL answers
-//! with a HelloVerifyRequest smaller than the ClientHello, so the server
-//! never sends an unproven address more than it received.
+//! ClientHello carrying a valid cookie, and only while fewer than
+//! `max_handshakes` handshakes are in progress; until the cookie round trip
+//! proves the address, the endpoint answers each ClientHello with a
+//! HelloVerifyRequest smaller than it and keeps nothing (hello.rs), so an
+//! unproven (perhaps forged) address costs no state and never gets more
+//! bytes than it sent.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,6 +21,7 @@ use tokio::time::{Instant, sleep, sleep_until};
 
 use crate::Coap;
 use crate::dtls::{self, Chan, DtlsContext, SharedSlot};
+use crate::hello::ClientHello;
 use crate::session::Session;
 
 /// Datagrams queued for one peer's task; more are dropped (counted).
@@ -104,6 +107,12 @@ pub async fn run(
         });
         tx
     };
+    let gate = Gate {
+        socket: &socket,
+        security: &security,
+        coap: &coap,
+        handshakes: &handshakes,
+    };
     loop {
         let (datagram, from) = tokio::select! {
             biased;
@@ -140,30 +149,22 @@ pub async fn run(
                 // The task is ending; its address is free again.
                 Err(mpsc::error::TrySendError::Closed(d)) => {
                     peers.remove(&from);
-                    new_peer(
-                        &mut peers,
-                        from,
-                        d,
-                        &security,
-                        &coap,
-                        &handshakes,
-                        &spawn_peer,
-                    );
+                    new_peer(&mut peers, from, d, &gate, &spawn_peer);
                     continue;
                 }
             }
         }
-        new_peer(
-            &mut peers,
-            from,
-            datagram,
-            &security,
-            &coap,
-            &handshakes,
-            &spawn_peer,
-        );
+        new_peer(&mut peers, from, datagram, &gate, &spawn_peer);
     }
     tracing::debug!("CoAP endpoint stopped");
+}
+
+/// What admitting a new peer needs from the endpoint.
+struct Gate<'a> {
+    socket: &'a UdpSocket,
+    security: &'a Security,
+    coap: &'a Coap,
+    handshakes: &'a Arc<Semaphore>,
 }
 
 /// A datagram from an address without a task: a new peer, if allowed.
@@ -171,21 +172,36 @@ fn new_peer(
     peers: &mut HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
     from: SocketAddr,
     datagram: Vec<u8>,
-    security: &Security,
-    coap: &Coap,
-    handshakes: &Arc<Semaphore>,
+    gate: &Gate<'_>,
     spawn_peer: &impl Fn(SocketAddr, Vec<u8>, Option<OwnedSemaphorePermit>) -> mpsc::Sender<Vec<u8>>,
 ) {
+    let Gate {
+        socket,
+        security,
+        coap,
+        handshakes,
+    } = gate;
     if peers.len() >= coap.config.max_peers {
         metrics::counter!("moat_coap_dropped_total", "reason" => "too_many_peers").increment(1);
         return;
     }
     let permit = match security {
-        Security::Dtls(_) => {
-            if !dtls::is_client_hello(&datagram) {
-                // Not a handshake, from an address without a session.
+        Security::Dtls(ctx) => {
+            let Some(hello) = ClientHello::parse(&datagram) else {
+                // Not a whole ClientHello, from an address without a
+                // session.
                 metrics::counter!("moat_coap_malformed_total", "reason" => "no_dtls_session")
                     .increment(1);
+                return;
+            };
+            if !ctx.cookie_is_current(&from, hello.cookie) {
+                // No cookie yet (or an old one): a HelloVerifyRequest, and
+                // no state (see hello.rs).
+                let answer = hello.verify_request(&ctx.cookie(&from));
+                if let Err(e) = socket.try_send_to(&answer, from) {
+                    tracing::debug!(error = %e, "could not send a HelloVerifyRequest");
+                }
+                handshake_outcome("cookie_sent");
                 return;
             }
             match Arc::clone(handshakes).try_acquire_owned() {
@@ -239,7 +255,30 @@ async fn dtls_peer(
     };
     let deadline = Instant::now() + p.coap.config.handshake_timeout;
     let mut psk_device: Option<DeviceId> = None;
+    // The endpoint admitted this peer for a ClientHello with a valid
+    // cookie; the session first sees that hello as it was before the
+    // cookie, and its HelloVerifyRequest is dropped (see hello.rs).
+    let Ok(first) = p.rx.try_recv() else {
+        return None;
+    };
+    if let Some(hello) = ClientHello::parse(&first) {
+        stream.get_mut().inbox.push_back(hello.without_cookie());
+        let _ = stream.accept();
+        stream.get_mut().outbox.clear();
+    }
+    stream.get_mut().inbox.push_back(first);
     loop {
+        match stream.accept() {
+            Ok(()) => break,
+            Err(e) if matches!(e.code(), ErrorCode::WANT_READ | ErrorCode::WANT_WRITE) => {}
+            Err(e) => {
+                flush(&p.socket, p.addr, &mut stream).await;
+                tracing::debug!(peer = %p.addr, error = %e, "DTLS handshake failed");
+                handshake_outcome("failed");
+                return None;
+            }
+        }
+        flush(&p.socket, p.addr, &mut stream).await;
         tokio::select! {
             d = p.rx.recv() => match d {
                 None => return None,
@@ -262,17 +301,6 @@ async fn dtls_peer(
             }
             _ = p.shutdown.changed() => return None,
         }
-        match stream.accept() {
-            Ok(()) => break,
-            Err(e) if matches!(e.code(), ErrorCode::WANT_READ | ErrorCode::WANT_WRITE) => {}
-            Err(e) => {
-                flush(&p.socket, p.addr, &mut stream).await;
-                tracing::debug!(peer = %p.addr, error = %e, "DTLS handshake failed");
-                handshake_outcome("failed");
-                return None;
-            }
-        }
-        flush(&p.socket, p.addr, &mut stream).await;
     }
     flush(&p.socket, p.addr, &mut stream).await;
     drop(permit);

@@ -31,12 +31,20 @@ use zeroize::Zeroizing;
 mod block;
 pub mod dtls;
 mod endpoint;
+pub mod hello;
 mod message;
 mod resources;
 mod session;
 
 pub use endpoint::{Security, run};
-pub use message::parse_request;
+pub use message::{Incoming, Malformed, Request, parse_request};
+
+/// The block-wise transfer logic, for the fuzz target in `fuzz/`; not part
+/// of the adapter's interface.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::block::{Piece, Upload, block_size, piece};
+}
 
 /// The adapter's limits; the binary fills them from its configuration.
 #[derive(Clone, Debug)]

@@ -478,6 +478,27 @@ async fn the_cookie_exchange_never_amplifies_and_strangers_get_nothing() {
         "answered {n} bytes to a {}-byte ClientHello",
         hello.len()
     );
+    // Answered without state: no peer task for an address that has not
+    // returned the cookie, however many hellos it sends.
+    for _ in 0..50 {
+        socket.send_to(&hello, &server.coap).unwrap();
+    }
+    let mut metrics = String::new();
+    for _ in 0..50 {
+        metrics = server.metrics().await;
+        if metrics.contains(r#"moat_coap_handshakes_total{outcome="cookie_sent"} 51"#) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        metrics.contains(r#"moat_coap_handshakes_total{outcome="cookie_sent"} 51"#),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains(r#"moat_coap_peers{transport="dtls"} 1"#),
+        "{metrics}"
+    );
     // Anything but a ClientHello from an address without a session: nothing.
     socket
         .set_read_timeout(Some(Duration::from_millis(500)))
