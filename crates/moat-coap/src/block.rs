@@ -136,6 +136,39 @@ mod tests {
             }
             prop_assert_eq!(u.body, u8s(len));
         }
+
+        /// Whatever Block1 a peer sends after `prior` pieces is taken only
+        /// in order, whole, and within the limit.
+        #[test]
+        fn a_piece_is_taken_only_in_order(
+            prior in 0u16..4,
+            num in 0u16..4096,
+            more: bool,
+            exp in 0u8..7,
+            len in 0usize..1100,
+            limit in 0usize..5000,
+        ) {
+            let size = 16usize << exp;
+            let mut u = Upload::new(vec![], None);
+            for n in 0..prior {
+                let earlier = BlockValue { num: n, more: true, size_exponent: exp };
+                prop_assert_eq!(u.add(&earlier, &u8s(size), usize::MAX), Piece::More);
+            }
+            let before = usize::from(prior) * size;
+            let expected = if num != prior || (more && len != size) {
+                Piece::OutOfOrder
+            } else if before + len > limit {
+                Piece::TooLarge
+            } else if more {
+                Piece::More
+            } else {
+                Piece::Done
+            };
+            let b1 = BlockValue { num, more, size_exponent: exp };
+            let taken = matches!(expected, Piece::More | Piece::Done);
+            prop_assert_eq!(u.add(&b1, &u8s(len), limit), expected);
+            prop_assert_eq!(u.body.len(), before + if taken { len } else { 0 });
+        }
     }
 
     fn u8s(len: usize) -> Vec<u8> {

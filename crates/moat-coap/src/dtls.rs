@@ -304,6 +304,7 @@ pub fn psk_identity(datagram: &[u8]) -> Option<&[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn record(kind: u8, epoch: u16, body: &[u8]) -> Vec<u8> {
         let mut r = vec![kind, 0xfe, 0xfd];
@@ -360,5 +361,83 @@ mod tests {
         assert!(!s.verify(&b, 7, &c));
         assert!(!s.verify(&a, 8, &c));
         assert!(!s.verify(&a, 7, &c[..8]));
+    }
+
+    /// The client's second flight for a PSK suite, as one datagram:
+    /// ClientKeyExchange, ChangeCipherSpec, Finished (encrypted, epoch 1).
+    fn psk_flight(identity: &[u8]) -> (Vec<u8>, usize) {
+        let mut cke = (identity.len() as u16).to_be_bytes().to_vec();
+        cke.extend_from_slice(identity);
+        let mut d = record(
+            CONTENT_HANDSHAKE,
+            0,
+            &handshake(CLIENT_KEY_EXCHANGE, 0, &cke),
+        );
+        let cke_end = d.len();
+        d.extend(record(20, 0, &[1]));
+        d.extend(record(CONTENT_HANDSHAKE, 1, &[0; 40]));
+        (d, cke_end)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn arbitrary_bytes_are_no_hello_and_no_identity_unless_framed(
+            d in proptest::collection::vec(any::<u8>(), 0..200),
+        ) {
+            if is_client_hello(&d) {
+                prop_assert!(d[0] == CONTENT_HANDSHAKE && d[3..5] == [0, 0]);
+                prop_assert_eq!(d[RECORD_HEADER], CLIENT_HELLO);
+            }
+            if let Some(id) = psk_identity(&d) {
+                prop_assert!(id.len() + RECORD_HEADER + HANDSHAKE_HEADER + 2 <= d.len());
+            }
+        }
+
+        /// Framed like a record, so the record walk gets past the header.
+        #[test]
+        fn arbitrary_records_never_panic(
+            kind in prop_oneof![Just(CONTENT_HANDSHAKE), any::<u8>()],
+            epoch in 0u16..2,
+            body in proptest::collection::vec(any::<u8>(), 0..100),
+            tail in proptest::collection::vec(any::<u8>(), 0..40),
+        ) {
+            let mut d = record(kind, epoch, &body);
+            d.extend(tail);
+            let hello = kind == CONTENT_HANDSHAKE && epoch == 0 && body.first() == Some(&CLIENT_HELLO);
+            prop_assert_eq!(is_client_hello(&d), hello);
+            let _ = psk_identity(&d);
+        }
+
+        /// A flight cut short has the identity only once the whole
+        /// ClientKeyExchange record is in; a ClientHello cut short is none.
+        #[test]
+        fn truncated_handshakes_are_refused(
+            identity in proptest::collection::vec(any::<u8>(), 0..64),
+            hello in proptest::collection::vec(any::<u8>(), 0..120),
+        ) {
+            let (d, cke_end) = psk_flight(&identity);
+            for n in 0..=d.len() {
+                let expected = (n >= cke_end).then_some(identity.as_slice());
+                prop_assert_eq!(psk_identity(&d[..n]), expected);
+            }
+            let h = record(CONTENT_HANDSHAKE, 0, &handshake(CLIENT_HELLO, 0, &hello));
+            for n in 0..=h.len() {
+                prop_assert_eq!(is_client_hello(&h[..n]), n == h.len());
+            }
+        }
+
+        #[test]
+        fn an_arbitrary_cookie_does_not_verify(
+            cookie in proptest::collection::vec(any::<u8>(), 0..64),
+            window in any::<u64>(),
+        ) {
+            let s = CookieSecret::new();
+            let a: SocketAddr = "[2001:db8::1]:5684".parse().unwrap();
+            prop_assert!(!s.verify(&a, window, &cookie));
+            prop_assert!(!s.is_current(&a, &cookie));
+            prop_assert!(s.verify(&a, window, &s.cookie(&a, window)));
+        }
     }
 }

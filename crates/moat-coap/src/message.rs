@@ -83,6 +83,9 @@ pub fn parse_request(datagram: &[u8]) -> Result<Incoming, Malformed> {
         return Err(Malformed::Version);
     }
     let packet = Packet::from_bytes(datagram).map_err(|_| Malformed::Unparsable)?;
+    if format_error(datagram, &packet) {
+        return Err(Malformed::Unparsable);
+    }
     let mid = packet.header.message_id;
     let kind = packet.header.get_type();
     let confirmable = kind == MessageType::Confirmable;
@@ -174,6 +177,22 @@ pub fn parse_request(datagram: &[u8]) -> Result<Incoming, Malformed> {
         size1,
         payload: packet.payload,
     }))
+}
+
+/// What RFC 7252 §3 makes a message format error but coap-lite takes: an
+/// Empty message with bytes after the message id (a token, options, a
+/// payload), a payload marker with no payload after it (coap-lite reads
+/// that as no payload). coap-lite writes back what it parsed byte for byte,
+/// so a datagram longer than that ends in a bare marker.
+fn format_error(datagram: &[u8], packet: &Packet) -> bool {
+    if packet.header.code == MessageClass::Empty {
+        return datagram.len() != 4;
+    }
+    packet.payload.is_empty()
+        && datagram.last() == Some(&0xff)
+        && packet
+            .to_bytes_unlimited()
+            .is_ok_and(|b| b.len() < datagram.len())
 }
 
 /// A response being built: the code, the options, the payload.
@@ -275,6 +294,7 @@ pub(crate) fn code_label(code: ResponseType) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn request(kind: MessageType, code: MessageClass, options: &[(u16, &[u8])]) -> Vec<u8> {
         let mut p = Packet::new();
@@ -344,6 +364,23 @@ mod tests {
             Ok(Incoming::Request(_))
         ));
         assert_eq!(parse_request(&[0x80, 1, 0, 0]), Err(Malformed::Version));
+        // A payload marker with no payload, an Empty message with a token
+        // or a payload: format errors (RFC 7252 §3).
+        let mut bare = request(MessageType::Confirmable, post, &[(11, b"c")]);
+        bare.push(0xff);
+        assert_eq!(parse_request(&bare), Err(Malformed::Unparsable));
+        assert_eq!(
+            parse_request(&[0x41, 0, 0, 7, 1]),
+            Err(Malformed::Unparsable)
+        );
+        assert_eq!(
+            parse_request(&[0x60, 0, 0, 7, 0xff, 1]),
+            Err(Malformed::Unparsable)
+        );
+        assert_eq!(parse_request(&[0x60, 0, 0, 7]), Ok(Incoming::Ack(7)));
+        // A value ending in 0xff is no marker.
+        let etag = request(MessageType::Confirmable, post, &[(4, &[1, 0xff])]);
+        assert!(matches!(parse_request(&etag), Ok(Incoming::Request(_))));
         assert_eq!(parse_request(&[0x40]), Err(Malformed::Unparsable));
         let ack = request(
             MessageType::Acknowledgement,
@@ -363,5 +400,175 @@ mod tests {
         assert_eq!(code_label(ResponseType::RequestEntityTooLarge), "4.13");
         assert_eq!(uint_bytes(0), Vec::<u8>::new());
         assert_eq!(uint_bytes(0x0102), vec![1, 2]);
+    }
+
+    /// A request as a client's coap-lite would encode it.
+    fn encode(r: &Request) -> Vec<u8> {
+        let mut p = Packet::new();
+        p.header.set_version(1);
+        p.header.set_type(if r.confirmable {
+            MessageType::Confirmable
+        } else {
+            MessageType::NonConfirmable
+        });
+        p.header.code = MessageClass::Request(r.method);
+        p.header.message_id = r.mid;
+        p.set_token(r.token.clone());
+        for s in &r.path {
+            p.add_option(CoapOption::UriPath, s.as_bytes().to_vec());
+        }
+        for s in &r.query {
+            p.add_option(CoapOption::UriQuery, s.as_bytes().to_vec());
+        }
+        let uints = [
+            (CoapOption::ContentFormat, r.content_format.map(u32::from)),
+            (CoapOption::Observe, r.observe),
+            (CoapOption::Size1, r.size1),
+        ];
+        for (o, v) in uints {
+            if let Some(v) = v {
+                p.add_option(o, uint_bytes(v));
+            }
+        }
+        for (o, b) in [
+            (CoapOption::Block1, &r.block1),
+            (CoapOption::Block2, &r.block2),
+        ] {
+            if let Some(b) = b {
+                p.add_option_as(o, b.clone());
+            }
+        }
+        p.payload = r.payload.clone();
+        p.to_bytes().unwrap()
+    }
+
+    /// A block option coap-lite can carry: NUM fits its 16-bit value (so
+    /// up to 4095), SZX 0..=6.
+    fn block() -> impl Strategy<Value = BlockValue> {
+        (0u16..4096, any::<bool>(), 0u8..7).prop_map(|(num, more, size_exponent)| BlockValue {
+            num,
+            more,
+            size_exponent,
+        })
+    }
+
+    fn any_request() -> impl Strategy<Value = Request> {
+        let method = prop_oneof![
+            Just(RequestType::Get),
+            Just(RequestType::Post),
+            Just(RequestType::Put),
+            Just(RequestType::Delete),
+            Just(RequestType::Fetch),
+            Just(RequestType::Patch),
+            Just(RequestType::IPatch),
+        ];
+        let header = (
+            any::<bool>(),
+            any::<u16>(),
+            proptest::collection::vec(any::<u8>(), 0..=8),
+            method,
+        );
+        let uris = (
+            proptest::collection::vec("\\PC{0,16}", 0..5),
+            proptest::collection::vec("[a-z]{1,6}=\\PC{0,8}", 0..3),
+        );
+        let options = (
+            proptest::option::of(any::<u16>()),
+            proptest::option::of(0u32..1 << 24),
+            proptest::option::of(block()),
+            proptest::option::of(block()),
+            proptest::option::of(any::<u32>()),
+        );
+        let payload = proptest::collection::vec(any::<u8>(), 0..300);
+        (header, uris, options, payload).prop_map(
+            |(
+                (confirmable, mid, token, method),
+                (path, query),
+                (content_format, observe, block1, block2, size1),
+                payload,
+            )| Request {
+                confirmable,
+                mid,
+                token,
+                method,
+                path,
+                query,
+                content_format,
+                observe,
+                block1,
+                block2,
+                size1,
+                payload,
+            },
+        )
+    }
+
+    /// Bytes that pass the version check half the time.
+    fn datagram() -> impl Strategy<Value = Vec<u8>> {
+        (
+            any::<bool>(),
+            proptest::collection::vec(any::<u8>(), 0..200),
+        )
+            .prop_map(|(v1, mut d)| {
+                if let Some(b) = d.first_mut().filter(|_| v1) {
+                    *b = 0x40 | (*b & 0x3f);
+                }
+                d
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn a_request_comes_back_as_it_was_encoded(r in any_request()) {
+            prop_assert_eq!(parse_request(&encode(&r)), Ok(Incoming::Request(r)));
+        }
+
+        #[test]
+        fn arbitrary_bytes_are_parsed_or_dropped(d in datagram()) {
+            match parse_request(&d) {
+                Err(Malformed::Version) => prop_assert_ne!(d[0] >> 6, 1),
+                Err(_) => {}
+                Ok(Incoming::Request(r)) => {
+                    // What is accepted encodes back to the same request.
+                    prop_assert_eq!(parse_request(&encode(&r)), Ok(Incoming::Request(r)));
+                }
+                Ok(Incoming::Refused { token, .. }) => prop_assert!(token.len() <= 8),
+                Ok(_) => prop_assert!(d.len() >= 4),
+            }
+        }
+
+        /// A datagram cut short is dropped, or (cut between two options or
+        /// inside the payload) is the same request with fewer options or a
+        /// shorter payload.
+        #[test]
+        fn a_truncated_request_is_dropped_or_a_prefix(r in any_request()) {
+            let d = encode(&r);
+            for n in 0..d.len() {
+                let Ok(parsed) = parse_request(&d[..n]) else {
+                    prop_assert_eq!(parse_request(&d[..n]), Err(Malformed::Unparsable));
+                    continue;
+                };
+                let Incoming::Request(t) = parsed else {
+                    return Err(TestCaseError::fail(format!("{parsed:?} from {n} bytes")));
+                };
+                prop_assert_eq!((t.confirmable, t.mid, &t.token, t.method),
+                    (r.confirmable, r.mid, &r.token, r.method));
+                prop_assert!(r.path.starts_with(&t.path) && r.query.starts_with(&t.query));
+                prop_assert!(r.payload.starts_with(&t.payload));
+                prop_assert!(t.content_format.is_none() || t.content_format == r.content_format);
+                prop_assert!(t.observe.is_none() || t.observe == r.observe);
+                prop_assert!(t.block1.is_none() || t.block1 == r.block1);
+                prop_assert!(t.block2.is_none() || t.block2 == r.block2);
+                prop_assert!(t.size1.is_none() || t.size1 == r.size1);
+                if n > d.len() - r.payload.len() {
+                    // Only the payload is cut.
+                    let whole = Request { payload: t.payload.clone(), ..r.clone() };
+                    prop_assert_eq!(t.payload.len(), n - (d.len() - r.payload.len()));
+                    prop_assert_eq!(t, whole);
+                }
+            }
+        }
     }
 }
