@@ -13,6 +13,7 @@
 mod agg;
 mod api;
 mod ceiling;
+mod coap;
 mod db;
 mod rows;
 mod server;
@@ -58,6 +59,9 @@ enum Command {
     /// Aggregation over (by default) 10 million stored records: over HTTP,
     /// through the store, and as raw SQL on the same file.
     Agg(agg::Args),
+    /// CoAP over DTLS load: confirmable POSTs (`post`) or Observe fan-out
+    /// (`observe`), each client its own DTLS session.
+    Coap(coap::Args),
 }
 
 #[derive(clap::Args)]
@@ -90,5 +94,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Ceiling(a) => rt.block_on(ceiling::run(a)),
         Command::Agg(a) => rt.block_on(agg::run(a)),
+        // Blocking sockets on OS threads: no runtime.
+        Command::Coap(a) => coap::run(a),
     }
 }

@@ -30,6 +30,14 @@ pub(crate) struct SetupArgs {
     /// Where to write the device keys, one a line, in device order.
     #[arg(long)]
     keys: PathBuf,
+    /// Also write each key's DTLS pre-shared key here, `identity key` a
+    /// line, in device order (for `moat-bench coap`).
+    #[arg(long)]
+    psk: Option<PathBuf>,
+    /// The channel's payload policy (senml, json, opaque…); without it, the
+    /// server's default (SenML).
+    #[arg(long)]
+    payload_policy: Option<String>,
 }
 
 pub(crate) async fn setup(a: SetupArgs) -> anyhow::Result<()> {
@@ -38,9 +46,14 @@ pub(crate) async fn setup(a: SetupArgs) -> anyhow::Result<()> {
         "--devices must be between 1 and {MAX_DEVICES}"
     );
     let api = Api::login(&a.url, &a.cacert, &a.password).await?;
-    let channel = api.post("/channels", &json!({"name": "bench"})).await?;
+    let mut new_channel = json!({"name": "bench"});
+    if let Some(policy) = &a.payload_policy {
+        new_channel["payload_policy"] = json!(policy);
+    }
+    let channel = api.post("/channels", &new_channel).await?;
     let channel = channel["id"].as_str().context("a channel without id")?;
     let mut keys = String::new();
+    let mut psks = String::new();
     for i in 0..a.devices {
         let device = api
             .post("/devices", &json!({"name": format!("bench-{i}")}))
@@ -55,6 +68,13 @@ pub(crate) async fn setup(a: SetupArgs) -> anyhow::Result<()> {
                 .context("a device key without token")?,
         );
         keys.push('\n');
+        if a.psk.is_some() {
+            let psk = &key["dtls_psk"];
+            match (psk["identity"].as_str(), psk["key"].as_str()) {
+                (Some(identity), Some(k)) => psks.push_str(&format!("{identity} {k}\n")),
+                _ => anyhow::bail!("a device key without dtls_psk"),
+            }
+        }
         api.put(
             &format!("/channels/{channel}/connections/{device}"),
             &json!({"publish": true, "subscribe": true}),
@@ -62,6 +82,9 @@ pub(crate) async fn setup(a: SetupArgs) -> anyhow::Result<()> {
         .await?;
     }
     std::fs::write(&a.keys, keys).with_context(|| format!("writing {}", a.keys.display()))?;
+    if let Some(path) = &a.psk {
+        std::fs::write(path, psks).with_context(|| format!("writing {}", path.display()))?;
+    }
     println!("{channel}");
     Ok(())
 }
