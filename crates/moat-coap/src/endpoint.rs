@@ -32,6 +32,25 @@ const HANDSHAKE_TICK: Duration = Duration::from_millis(250);
 /// The largest datagram read (UDP's limit).
 const DATAGRAM: usize = 65_535;
 
+/// The receive buffer asked for (the kernel caps it at
+/// `net.core.rmem_max`): a fan-out to thousands of observers brings their
+/// acknowledgements back at once, and the default (about 200 KiB) drops
+/// some, each costing a retransmission.
+const RECEIVE_BUFFER: usize = 4 << 20;
+
+/// A UDP socket for the endpoint, bound to `addr`, with a receive buffer
+/// sized for bursts.
+pub fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if let Err(e) = socket.set_recv_buffer_size(RECEIVE_BUFFER) {
+        tracing::warn!(error = %e, "could not enlarge the CoAP receive buffer");
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
 /// How the endpoint's socket is secured.
 #[derive(Clone)]
 pub enum Security {

@@ -36,7 +36,7 @@ mod message;
 mod resources;
 mod session;
 
-pub use endpoint::{Security, run};
+pub use endpoint::{Security, bind, run};
 pub use message::{Incoming, Malformed, Request, parse_request};
 
 /// The block-wise transfer logic, for the fuzz target in `fuzz/`; not part

@@ -128,7 +128,10 @@ impl Session {
             notes_tx,
             notes_rx,
             observe_seq: 2,
-            since_con: 0,
+            // Sessions that start together (a fleet after an outage) would
+            // otherwise all send their confirmable notification on the same
+            // message, and their acknowledgements would arrive at once.
+            since_con: rand::random::<u32>() % CON_EVERY,
             last_con: Instant::now(),
             uploads: VecDeque::new(),
             representations: VecDeque::new(),

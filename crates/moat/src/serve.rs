@@ -16,7 +16,7 @@ use moat_http::{AppState, Messaging, Settings};
 use moat_pki::master::{MasterKey, Purpose};
 use moat_pki::trust::DeviceVerifier;
 use moat_store::{SqliteMessageStore, SqliteStore};
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::{Config, LogFormat, ServeArgs};
@@ -187,8 +187,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         stop_rx.clone(),
     ));
     if config.insecure_dev {
-        let plain = UdpSocket::bind(config.coap_plain_listen)
-            .await
+        let plain = moat_coap::bind(config.coap_plain_listen)
             .with_context(|| format!("binding plain CoAP on {}", config.coap_plain_listen))?;
         let addr = plain.local_addr()?;
         eprintln!("\n  !!! INSECURE: plain, unencrypted CoAP is on at {addr} (--insecure-dev).");
@@ -201,8 +200,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             stop_rx.clone(),
         ));
     }
-    let coap_socket = UdpSocket::bind(config.coap_listen)
-        .await
+    let coap_socket = moat_coap::bind(config.coap_listen)
         .with_context(|| format!("binding CoAP on {}", config.coap_listen))?;
     let addr = coap_socket.local_addr()?;
     println!("coap listening on {addr}");
