@@ -7,11 +7,11 @@
 //! What is checked: POST lands in the store (also in Block1 pieces) and
 //! reaches MQTT subscribers, GET with Observe hears messages from HTTP (a
 //! large one through Block2) and ends with 4.03 when the device loses its
-//! subscribe right;
-//! refusals carry 4.xx codes; a wrong key fails the handshake; the server
-//! answers a ClientHello with a HelloVerifyRequest no larger than it and
-//! ignores datagrams without a session; revoking a device cuts its DTLS
-//! session; malformed plain CoAP is counted.
+//! subscribe right; refusals carry 4.xx codes; a wrong key fails the
+//! handshake; the server answers a ClientHello with a HelloVerifyRequest no
+//! larger than it and keeps no state for it, and ignores datagrams without
+//! a session; revoking or quarantining a device cuts its DTLS session;
+//! malformed plain CoAP is counted.
 
 mod common;
 
@@ -556,52 +556,63 @@ async fn the_cookie_exchange_never_amplifies_and_strangers_get_nothing() {
 }
 
 #[tokio::test]
-async fn revoking_a_device_cuts_its_dtls_session() {
+async fn revoking_or_quarantining_a_device_cuts_its_dtls_session() {
     let server = Server::start();
     let admin = admin(&server).await;
     let channel = admin.create("/channels", json!({"name": "rev"})).await;
-    let dev = device(&admin, &channel, "doomed", true, true).await;
     let observe_url = url(&server, &format!("channels/{channel}/messages"));
-    let (id, key) = (dev.device.clone(), psk(&dev).to_owned());
-    let observer = tokio::spawn(async move {
-        coap_client(
-            &["-m", "get", "-s", "8", "-u", &id, "-k", &key, &observe_url],
-            10,
-        )
-        .await
-    });
+    let mut devices = Vec::new();
+    let mut observers = Vec::new();
+    for (name, state) in [("doomed", "revoked"), ("suspect", "quarantined")] {
+        let dev = device(&admin, &channel, name, true, true).await;
+        let (id, key, u) = (
+            dev.device.clone(),
+            psk(&dev).to_owned(),
+            observe_url.clone(),
+        );
+        observers.push(tokio::spawn(async move {
+            coap_client(&["-m", "get", "-s", "8", "-u", &id, "-k", &key, &u], 10).await
+        }));
+        devices.push((dev, state));
+    }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let r = admin
-        .patch(
-            &format!("/devices/{}", dev.device),
-            json!({"state": "revoked"}),
+    for (n, (dev, state)) in devices.iter().enumerate() {
+        let r = admin
+            .patch(
+                &format!("/devices/{}", dev.device),
+                json!({ "state": state }),
+            )
+            .await;
+        assert!(r.status < 300, "{r:?}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let metrics = server.metrics().await;
+        assert!(
+            metrics.contains(&format!("moat_coap_sessions_cut_total {}", n + 1)),
+            "{state}: {metrics}"
+        );
+    }
+    for o in observers {
+        let _ = o.await;
+    }
+    // And the key no longer opens a session.
+    for (dev, state) in &devices {
+        let (_, out) = coap_client(
+            &[
+                "-m",
+                "post",
+                "-u",
+                &dev.device,
+                "-k",
+                psk(dev),
+                "-e",
+                "{}",
+                &url(&server, &format!("channels/{channel}/messages")),
+            ],
+            3,
         )
         .await;
-    assert!(r.status < 300, "{r:?}");
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let metrics = server.metrics().await;
-    assert!(
-        metrics.contains("moat_coap_sessions_cut_total 1"),
-        "{metrics}"
-    );
-    let _ = observer.await;
-    // And the key no longer opens a session.
-    let (_, out) = coap_client(
-        &[
-            "-m",
-            "post",
-            "-u",
-            &dev.device,
-            "-k",
-            psk(&dev),
-            "-e",
-            "{}",
-            &url(&server, &format!("channels/{channel}/messages")),
-        ],
-        3,
-    )
-    .await;
-    assert!(!out.contains("2.04"), "{out}");
+        assert!(!out.contains("2.04"), "{state}: {out}");
+    }
     assert!(all_messages(&admin, &channel).await.is_empty());
 }
 
