@@ -1,4 +1,4 @@
-//! README's curl quickstart, device-certificate, messages and MQTT sections, run as written
+//! README's curl quickstart, device-certificate, messages, MQTT and CoAP sections, run as written
 //! against a real server: the docs a newcomer follows must work.
 
 mod common;
@@ -24,6 +24,7 @@ fn curl_quickstart() -> String {
         + &sh_block("### 4. A device with its own certificate")
         + &sh_block("### 5. Messages")
         + &sh_block("### 6. MQTT")
+        + &sh_block("### 7. CoAP over DTLS")
 }
 
 #[tokio::test]
@@ -31,9 +32,11 @@ async fn the_curl_quickstart_works_as_written() {
     let server = Server::start();
     let port = server.url.rsplit(':').next().unwrap();
     let mqtt_port = server.mqtt.rsplit(':').next().unwrap();
+    let coap = &server.coap;
     let script = curl_quickstart()
         .replace("localhost:8443", &format!("localhost:{port}"))
         .replace("-p 8883", &format!("-p {mqtt_port}"))
+        .replace("127.0.0.1:5684", coap)
         .replace("moat-data/ca.pem", server.ca_path().to_str().unwrap())
         .replace("<the bootstrap password>", ADMIN_PASSWORD);
     let dir = tempfile::tempdir().unwrap();
@@ -56,7 +59,18 @@ async fn the_curl_quickstart_works_as_written() {
         .into_iter()
         .collect::<Result<_, _>>()
         .expect("every output is JSON");
-    let [.., devices, me, ack, temps, hourly, heard, over_mqtt] = docs.as_slice() else {
+    let [
+        ..,
+        devices,
+        me,
+        ack,
+        temps,
+        hourly,
+        heard,
+        over_mqtt,
+        over_coap,
+    ] = docs.as_slice()
+    else {
         panic!("too few outputs: {docs:?}");
     };
     // Section 6: mosquitto_sub heard the mosquitto_pub, and it was stored.
@@ -65,6 +79,12 @@ async fn the_curl_quickstart_works_as_written() {
     assert_eq!(
         over_mqtt["messages"][0]["subtopic"], "floor/2",
         "{over_mqtt}"
+    );
+    // Section 7: the CoAP POST was stored.
+    assert_eq!(over_coap["messages"][0]["protocol"], "coap", "{over_coap}");
+    assert_eq!(
+        over_coap["messages"][0]["payload"][0]["v"], 73,
+        "{over_coap}"
     );
     assert_eq!(ack["records"], 2, "{ack}");
     assert_eq!(temps["records"][0]["v"], 71.5, "{temps}");
