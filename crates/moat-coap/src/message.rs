@@ -195,6 +195,53 @@ fn format_error(datagram: &[u8], packet: &Packet) -> bool {
             .is_ok_and(|b| b.len() < datagram.len())
 }
 
+impl Request {
+    /// The request encoded as a client's coap-lite would send it, with only
+    /// the options it carries; for the tests and the fuzz target.
+    #[doc(hidden)]
+    pub fn to_datagram(&self) -> Result<Vec<u8>, coap_lite::error::MessageError> {
+        let mut p = Packet::new();
+        p.header.set_version(1);
+        p.header.set_type(if self.confirmable {
+            MessageType::Confirmable
+        } else {
+            MessageType::NonConfirmable
+        });
+        p.header.code = MessageClass::Request(self.method);
+        p.header.message_id = self.mid;
+        p.set_token(self.token.clone());
+        for s in &self.path {
+            p.add_option(CoapOption::UriPath, s.as_bytes().to_vec());
+        }
+        for s in &self.query {
+            p.add_option(CoapOption::UriQuery, s.as_bytes().to_vec());
+        }
+        let uints = [
+            (
+                CoapOption::ContentFormat,
+                self.content_format.map(u32::from),
+            ),
+            (CoapOption::Observe, self.observe),
+            (CoapOption::Size1, self.size1),
+        ];
+        for (o, v) in uints {
+            if let Some(v) = v {
+                p.add_option(o, uint_bytes(v));
+            }
+        }
+        for (o, b) in [
+            (CoapOption::Block1, &self.block1),
+            (CoapOption::Block2, &self.block2),
+        ] {
+            if let Some(b) = b {
+                p.add_option_as(o, b.clone());
+            }
+        }
+        p.payload = self.payload.clone();
+        p.to_bytes_unlimited()
+    }
+}
+
 /// A response being built: the code, the options, the payload.
 #[derive(Debug, Clone)]
 pub(crate) struct Response {
@@ -402,46 +449,6 @@ mod tests {
         assert_eq!(uint_bytes(0x0102), vec![1, 2]);
     }
 
-    /// A request as a client's coap-lite would encode it.
-    fn encode(r: &Request) -> Vec<u8> {
-        let mut p = Packet::new();
-        p.header.set_version(1);
-        p.header.set_type(if r.confirmable {
-            MessageType::Confirmable
-        } else {
-            MessageType::NonConfirmable
-        });
-        p.header.code = MessageClass::Request(r.method);
-        p.header.message_id = r.mid;
-        p.set_token(r.token.clone());
-        for s in &r.path {
-            p.add_option(CoapOption::UriPath, s.as_bytes().to_vec());
-        }
-        for s in &r.query {
-            p.add_option(CoapOption::UriQuery, s.as_bytes().to_vec());
-        }
-        let uints = [
-            (CoapOption::ContentFormat, r.content_format.map(u32::from)),
-            (CoapOption::Observe, r.observe),
-            (CoapOption::Size1, r.size1),
-        ];
-        for (o, v) in uints {
-            if let Some(v) = v {
-                p.add_option(o, uint_bytes(v));
-            }
-        }
-        for (o, b) in [
-            (CoapOption::Block1, &r.block1),
-            (CoapOption::Block2, &r.block2),
-        ] {
-            if let Some(b) = b {
-                p.add_option_as(o, b.clone());
-            }
-        }
-        p.payload = r.payload.clone();
-        p.to_bytes().unwrap()
-    }
-
     /// A block option coap-lite can carry: NUM fits its 16-bit value (so
     /// up to 4095), SZX 0..=6.
     fn block() -> impl Strategy<Value = BlockValue> {
@@ -522,7 +529,7 @@ mod tests {
 
         #[test]
         fn a_request_comes_back_as_it_was_encoded(r in any_request()) {
-            prop_assert_eq!(parse_request(&encode(&r)), Ok(Incoming::Request(r)));
+            prop_assert_eq!(parse_request(&r.to_datagram().unwrap()), Ok(Incoming::Request(r)));
         }
 
         #[test]
@@ -532,7 +539,7 @@ mod tests {
                 Err(_) => {}
                 Ok(Incoming::Request(r)) => {
                     // What is accepted encodes back to the same request.
-                    prop_assert_eq!(parse_request(&encode(&r)), Ok(Incoming::Request(r)));
+                    prop_assert_eq!(parse_request(&r.to_datagram().unwrap()), Ok(Incoming::Request(r)));
                 }
                 Ok(Incoming::Refused { token, .. }) => prop_assert!(token.len() <= 8),
                 Ok(_) => prop_assert!(d.len() >= 4),
@@ -544,7 +551,7 @@ mod tests {
         /// shorter payload.
         #[test]
         fn a_truncated_request_is_dropped_or_a_prefix(r in any_request()) {
-            let d = encode(&r);
+            let d = r.to_datagram().unwrap();
             for n in 0..d.len() {
                 let Ok(parsed) = parse_request(&d[..n]) else {
                     prop_assert_eq!(parse_request(&d[..n]), Err(Malformed::Unparsable));
