@@ -6,7 +6,7 @@
 //!
 //! What is checked: POST lands in the store (also in Block1 pieces) and
 //! reaches MQTT subscribers, GET with Observe hears messages from HTTP (a
-//! large one through Block2) and ends with 4.03 when the device loses its
+//! large one through Block2) and MQTT and ends with 4.03 when the device loses its
 //! subscribe right; refusals carry 4.xx codes; a wrong key fails the
 //! handshake; the server answers a ClientHello with a HelloVerifyRequest no
 //! larger than it and keeps no state for it, and ignores datagrams without
@@ -684,6 +684,54 @@ async fn a_coap_publish_reaches_mqtt_subscribers() {
             _ => continue,
         }
     }
+}
+
+#[tokio::test]
+async fn a_coap_observer_hears_mqtt_publishes() {
+    let server = Server::start();
+    let admin = admin(&server).await;
+    let channel = admin
+        .create(
+            "/channels",
+            json!({"name": "from-mqtt", "payload_policy": "opaque"}),
+        )
+        .await;
+    let watcher = device(&admin, &channel, "coap-watcher", false, true).await;
+    let talker = device(&admin, &channel, "mqtt-talker", true, false).await;
+    let observe_url = url(&server, &format!("channels/{channel}/messages"));
+    let (id, key) = (watcher.device.clone(), psk(&watcher).to_owned());
+    let observer = tokio::spawn(async move {
+        coap_client(
+            &["-m", "get", "-s", "5", "-u", &id, "-k", &key, &observe_url],
+            5,
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (client, mut events) = rumqttc::v5::AsyncClient::new(
+        v5_with_key(&server, "talker", &talker.device, &talker.key),
+        16,
+    );
+    client
+        .publish(
+            format!("channels/{channel}/messages/mqtt"),
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            false,
+            "heard-over-mqtt",
+        )
+        .await
+        .unwrap();
+    loop {
+        match next_v5(&mut events, 10).await.expect("puback") {
+            rumqttc::v5::mqttbytes::v5::Packet::PubAck(a) => {
+                assert_eq!(a.reason, rumqttc::v5::mqttbytes::v5::PubAckReason::Success);
+                break;
+            }
+            _ => continue,
+        }
+    }
+    let (_, out) = observer.await.unwrap();
+    assert!(out.contains("heard-over-mqtt"), "{out}");
 }
 
 #[tokio::test]
