@@ -76,7 +76,9 @@ fn slot_index() -> Index<Ssl, SharedSlot> {
 
 /// The server's DTLS context, shared by every peer.
 pub struct DtlsContext {
-    ssl: SslContext,
+    /// Replaced whole when the server certificate is renewed; sessions
+    /// already made keep the one they started with.
+    ssl: std::sync::RwLock<SslContext>,
     cookies: Arc<CookieSecret>,
 }
 
@@ -87,6 +89,31 @@ impl DtlsContext {
     /// security level 0, so the context runs there; certificate keys are
     /// checked by the platform's PKI after the handshake, not by OpenSSL.
     pub fn new(server: &ServerIdentity) -> Result<Self, DtlsError> {
+        let cookies = Arc::new(CookieSecret::new());
+        Ok(Self {
+            ssl: std::sync::RwLock::new(Self::build(server, &cookies)?),
+            cookies,
+        })
+    }
+
+    /// Presents `server` from the next handshake on (a renewed server
+    /// certificate); cookies already sent stay valid.
+    pub fn set_identity(&self, server: &ServerIdentity) -> Result<(), DtlsError> {
+        let ssl = Self::build(server, &self.cookies)?;
+        *self.ssl.write().unwrap_or_else(|p| p.into_inner()) = ssl;
+        Ok(())
+    }
+
+    /// The leaf certificate new handshakes present (DER).
+    pub fn certificate_der(&self) -> Option<Vec<u8>> {
+        let ssl = self.ssl.read().unwrap_or_else(|p| p.into_inner());
+        ssl.certificate().and_then(|c| c.to_der().ok())
+    }
+
+    fn build(
+        server: &ServerIdentity,
+        cookies: &Arc<CookieSecret>,
+    ) -> Result<SslContext, DtlsError> {
         let mut b = SslContextBuilder::new(SslMethod::dtls_server())?;
         b.set_min_proto_version(Some(SslVersion::DTLS1_2))?;
         b.set_max_proto_version(Some(SslVersion::DTLS1_2))?;
@@ -134,8 +161,7 @@ impl DtlsContext {
                 _ => Ok(0),
             }
         });
-        let secret = Arc::new(CookieSecret::new());
-        let generate = Arc::clone(&secret);
+        let generate = Arc::clone(cookies);
         b.set_cookie_generate_cb(move |ssl, out| {
             let Some(addr) = ssl.ex_data(addr_index()) else {
                 return Ok(0);
@@ -145,17 +171,14 @@ impl DtlsContext {
             out[..n].copy_from_slice(&c[..n]);
             Ok(n)
         });
-        let verify = Arc::clone(&secret);
+        let verify = Arc::clone(cookies);
         b.set_cookie_verify_cb(move |ssl, cookie| {
             let Some(addr) = ssl.ex_data(addr_index()) else {
                 return false;
             };
             verify.is_current(addr, cookie)
         });
-        Ok(Self {
-            ssl: b.build(),
-            cookies: secret,
-        })
+        Ok(b.build())
     }
 
     /// The cookie for `addr` now: what OpenSSL's cookie callback makes.
@@ -176,7 +199,8 @@ impl DtlsContext {
         addr: SocketAddr,
         slot: SharedSlot,
     ) -> Result<SslStream<Chan>, openssl::error::ErrorStack> {
-        let mut ssl = Ssl::new(&self.ssl)?;
+        let ctx = self.ssl.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut ssl = Ssl::new(&ctx)?;
         ssl.set_ex_data(addr_index(), addr);
         ssl.set_ex_data(slot_index(), slot);
         ssl.set_mtu(MTU)?;
@@ -304,6 +328,52 @@ pub fn psk_identity(datagram: &[u8]) -> Option<&[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A self-signed P-256 identity named `cn`.
+    fn identity(cn: &str) -> ServerIdentity {
+        use openssl::asn1::Asn1Time;
+        use openssl::bn::BigNum;
+        use openssl::ec::{EcGroup, EcKey};
+        use openssl::hash::MessageDigest;
+        use openssl::nid::Nid;
+        use openssl::x509::{X509Builder, X509NameBuilder};
+        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+        let key = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
+        let mut name = X509NameBuilder::new().unwrap();
+        name.append_entry_by_text("CN", cn).unwrap();
+        let name = name.build();
+        let mut b = X509Builder::new().unwrap();
+        b.set_version(2).unwrap();
+        b.set_subject_name(&name).unwrap();
+        b.set_issuer_name(&name).unwrap();
+        b.set_pubkey(&key).unwrap();
+        b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+            .unwrap();
+        b.set_not_after(&Asn1Time::days_from_now(1).unwrap())
+            .unwrap();
+        let serial = BigNum::from_u32(1).unwrap().to_asn1_integer().unwrap();
+        b.set_serial_number(&serial).unwrap();
+        b.sign(&key, MessageDigest::sha256()).unwrap();
+        ServerIdentity {
+            chain_pem: String::from_utf8(b.build().to_pem().unwrap()).unwrap(),
+            key_pem: Zeroizing::new(
+                String::from_utf8(key.private_key_to_pem_pkcs8().unwrap()).unwrap(),
+            ),
+        }
+    }
+
+    #[test]
+    fn a_renewed_certificate_is_presented_from_the_next_session_on() {
+        let ctx = DtlsContext::new(&identity("first")).unwrap();
+        let first = ctx.certificate_der().unwrap();
+        let addr: SocketAddr = "127.0.0.1:5684".parse().unwrap();
+        let cookie = ctx.cookie(&addr);
+        ctx.set_identity(&identity("renewed")).unwrap();
+        assert_ne!(ctx.certificate_der().unwrap(), first);
+        assert!(ctx.stream(addr, SharedSlot::default()).is_ok());
+        // Cookies already sent still open a handshake.
+        assert!(ctx.cookie_is_current(&addr, &cookie));
+    }
     use proptest::prelude::*;
 
     fn record(kind: u8, epoch: u16, body: &[u8]) -> Vec<u8> {

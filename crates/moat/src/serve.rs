@@ -115,11 +115,18 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .server_identity_pem()
         .await
         .context("loading the server certificate for DTLS")?;
+    let dtls_chain = server_chain.clone();
     let dtls = moat_coap::dtls::DtlsContext::new(&moat_coap::dtls::ServerIdentity {
         chain_pem: server_chain,
         key_pem: zeroize::Zeroizing::new(server_key),
     })
     .context("setting up DTLS")?;
+    let dtls = Arc::new(dtls);
+    tokio::spawn(follow_server_cert_for_dtls(
+        Arc::clone(&pki),
+        Arc::clone(&dtls),
+        dtls_chain,
+    ));
     let state = AppState::new(
         store,
         Arc::clone(&sessions),
@@ -207,7 +214,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     servers.spawn(moat_coap::run(
         coap_socket,
         coap,
-        moat_coap::Security::Dtls(Arc::new(dtls)),
+        moat_coap::Security::Dtls(dtls),
         stop_rx.clone(),
     ));
     if config.insecure_dev {
@@ -262,6 +269,45 @@ async fn renew_server_cert(pki: Arc<Pki>) {
             Ok(true) => tracing::info!("renewed the server certificate"),
             Ok(false) => {}
             Err(e) => tracing::error!(error = %e, "could not renew the server certificate"),
+        }
+    }
+}
+
+/// How often DTLS looks for a renewed server certificate (renewed on
+/// schedule, or at once through the API).
+const DTLS_CERT_CHECK: Duration = Duration::from_secs(60);
+
+/// DTLS cannot use the rustls resolver the TLS listeners read the server
+/// certificate from: it is given the new certificate when it changes.
+async fn follow_server_cert_for_dtls(
+    pki: Arc<Pki>,
+    dtls: Arc<moat_coap::dtls::DtlsContext>,
+    mut presented: String,
+) {
+    let mut every = tokio::time::interval(DTLS_CERT_CHECK);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        let (chain_pem, key_pem) = match pki.server_identity_pem().await {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::error!(error = %e, "could not read the server certificate for DTLS");
+                continue;
+            }
+        };
+        let key_pem = zeroize::Zeroizing::new(key_pem);
+        if chain_pem == presented {
+            continue;
+        }
+        let identity = moat_coap::dtls::ServerIdentity { chain_pem, key_pem };
+        match dtls.set_identity(&identity) {
+            Ok(()) => {
+                tracing::info!("DTLS presents the renewed server certificate");
+                presented = identity.chain_pem.clone();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not give DTLS the renewed server certificate")
+            }
         }
     }
 }
