@@ -63,6 +63,27 @@ fn url(server: &Server, path: &str) -> String {
     format!("coaps://{}/{path}", server.coap)
 }
 
+/// `coap-client-openssl` observing `channel`'s messages as `p` for `secs`
+/// seconds, in the background; what it printed when it is done. Callers
+/// give it a moment to register before publishing.
+fn observe(
+    server: &Server,
+    p: &Publisher,
+    channel: &str,
+    secs: u64,
+) -> tokio::task::JoinHandle<(bool, String)> {
+    let observe_url = url(server, &format!("channels/{channel}/messages"));
+    let (id, key) = (p.device.clone(), psk(p).to_owned());
+    tokio::spawn(async move {
+        let s = secs.to_string();
+        coap_client(
+            &["-m", "get", "-s", &s, "-u", &id, "-k", &key, &observe_url],
+            secs + 2,
+        )
+        .await
+    })
+}
+
 #[tokio::test]
 async fn coap_client_publishes_and_observes_over_dtls_with_a_psk() {
     let server = Server::start();
@@ -131,15 +152,7 @@ async fn coap_client_publishes_and_observes_over_dtls_with_a_psk() {
     assert_eq!(coap[2]["payload"].to_string(), big);
 
     // Observe for 6 s while HTTP publishes a small and a large message.
-    let observe_url = url(&server, &format!("channels/{channel}/messages"));
-    let (id, key) = (meter.device.clone(), psk(&meter).to_owned());
-    let observer = tokio::spawn(async move {
-        coap_client(
-            &["-m", "get", "-s", "6", "-u", &id, "-k", &key, &observe_url],
-            8,
-        )
-        .await
-    });
+    let observer = observe(&server, &meter, &channel, 6);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let writer = Api::device(&server, &meter.key);
     for body in [json!({"n": 1}), json!({"large": "y".repeat(2500)})] {
@@ -560,19 +573,11 @@ async fn revoking_or_quarantining_a_device_cuts_its_dtls_session() {
     let server = Server::start();
     let admin = admin(&server).await;
     let channel = admin.create("/channels", json!({"name": "rev"})).await;
-    let observe_url = url(&server, &format!("channels/{channel}/messages"));
     let mut devices = Vec::new();
     let mut observers = Vec::new();
     for (name, state) in [("doomed", "revoked"), ("suspect", "quarantined")] {
         let dev = device(&admin, &channel, name, true, true).await;
-        let (id, key, u) = (
-            dev.device.clone(),
-            psk(&dev).to_owned(),
-            observe_url.clone(),
-        );
-        observers.push(tokio::spawn(async move {
-            coap_client(&["-m", "get", "-s", "8", "-u", &id, "-k", &key, &u], 10).await
-        }));
+        observers.push(observe(&server, &dev, &channel, 8));
         devices.push((dev, state));
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -698,15 +703,7 @@ async fn a_coap_observer_hears_mqtt_publishes() {
         .await;
     let watcher = device(&admin, &channel, "coap-watcher", false, true).await;
     let talker = device(&admin, &channel, "mqtt-talker", true, false).await;
-    let observe_url = url(&server, &format!("channels/{channel}/messages"));
-    let (id, key) = (watcher.device.clone(), psk(&watcher).to_owned());
-    let observer = tokio::spawn(async move {
-        coap_client(
-            &["-m", "get", "-s", "5", "-u", &id, "-k", &key, &observe_url],
-            5,
-        )
-        .await
-    });
+    let observer = observe(&server, &watcher, &channel, 5);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (client, mut events) = rumqttc::v5::AsyncClient::new(
         v5_with_key(&server, "talker", &talker.device, &talker.key),
@@ -746,15 +743,7 @@ async fn losing_the_subscribe_right_ends_an_observation_with_4_03() {
         .await;
     let watcher = device(&admin, &channel, "watcher", true, true).await;
     let talker = device(&admin, &channel, "talker", true, false).await;
-    let observe_url = url(&server, &format!("channels/{channel}/messages"));
-    let (id, key) = (watcher.device.clone(), psk(&watcher).to_owned());
-    let observer = tokio::spawn(async move {
-        coap_client(
-            &["-m", "get", "-s", "6", "-u", &id, "-k", &key, &observe_url],
-            6,
-        )
-        .await
-    });
+    let observer = observe(&server, &watcher, &channel, 6);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let auth = format!("Device {}", talker.key);
     let r = common::messages::publish(&server, &auth, &channel, "", "", "before").await;
