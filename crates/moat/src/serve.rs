@@ -115,7 +115,6 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .server_identity_pem()
         .await
         .context("loading the server certificate for DTLS")?;
-    let dtls_chain = server_chain.clone();
     let dtls = moat_coap::dtls::DtlsContext::new(&moat_coap::dtls::ServerIdentity {
         chain_pem: server_chain,
         key_pem: zeroize::Zeroizing::new(server_key),
@@ -125,7 +124,6 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tokio::spawn(follow_server_cert_for_dtls(
         Arc::clone(&pki),
         Arc::clone(&dtls),
-        dtls_chain,
     ));
     let state = AppState::new(
         store,
@@ -273,21 +271,21 @@ async fn renew_server_cert(pki: Arc<Pki>) {
     }
 }
 
-/// How often DTLS looks for a renewed server certificate (renewed on
-/// schedule, or at once through the API).
+/// How often DTLS compares its server certificate with the one the TLS
+/// listeners present (renewed on schedule, or at once through the API).
 const DTLS_CERT_CHECK: Duration = Duration::from_secs(60);
 
 /// DTLS cannot use the rustls resolver the TLS listeners read the server
-/// certificate from: it is given the new certificate when it changes.
-async fn follow_server_cert_for_dtls(
-    pki: Arc<Pki>,
-    dtls: Arc<moat_coap::dtls::DtlsContext>,
-    mut presented: String,
-) {
+/// certificate from: when the resolver's certificate changes, DTLS is given
+/// it (read from the store then, not on every check).
+async fn follow_server_cert_for_dtls(pki: Arc<Pki>, dtls: Arc<moat_coap::dtls::DtlsContext>) {
     let mut every = tokio::time::interval(DTLS_CERT_CHECK);
     every.tick().await;
     loop {
         every.tick().await;
+        if dtls.certificate_der() == Some(pki.server_cert.leaf_der()) {
+            continue;
+        }
         let (chain_pem, key_pem) = match pki.server_identity_pem().await {
             Ok(i) => i,
             Err(e) => {
@@ -295,16 +293,12 @@ async fn follow_server_cert_for_dtls(
                 continue;
             }
         };
-        let key_pem = zeroize::Zeroizing::new(key_pem);
-        if chain_pem == presented {
-            continue;
-        }
-        let identity = moat_coap::dtls::ServerIdentity { chain_pem, key_pem };
+        let identity = moat_coap::dtls::ServerIdentity {
+            chain_pem,
+            key_pem: zeroize::Zeroizing::new(key_pem),
+        };
         match dtls.set_identity(&identity) {
-            Ok(()) => {
-                tracing::info!("DTLS presents the renewed server certificate");
-                presented = identity.chain_pem.clone();
-            }
+            Ok(()) => tracing::info!("DTLS presents the renewed server certificate"),
             Err(e) => {
                 tracing::error!(error = %e, "could not give DTLS the renewed server certificate")
             }
