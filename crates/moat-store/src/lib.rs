@@ -93,12 +93,43 @@ impl SqliteStore {
     }
 }
 
+/// SQLCipher's page HMAC for the files Moat creates. HMAC-SHA256 rather
+/// than SQLCipher 4's default HMAC-SHA512: the same 256-bit key, and the
+/// hash runs on the SHA extensions most x86 and ARM server CPUs have (the
+/// page HMAC was the largest single cost of the message writer, ADR 001).
+/// SQLCipher does not record the setting in the file, so whoever opens a
+/// Moat database with another tool must set it too.
+pub const PAGE_HMAC_ALGORITHM: &str = "HMAC_SHA256";
+
 /// Opens one keyed connection and proves the key by reading the schema.
+/// A file Moat created before the page HMAC was chosen (SQLCipher's
+/// default, HMAC-SHA512) is opened with the default.
 fn connect(path: &Path, key: &[u8; 32], flags: OpenFlags) -> Result<Connection, StoreError> {
+    match connect_with(path, key, flags, Some(PAGE_HMAC_ALGORITHM)) {
+        Err(StoreError::WrongKey) => connect_with(path, key, flags, None),
+        r => r,
+    }
+}
+
+fn connect_with(
+    path: &Path,
+    key: &[u8; 32],
+    flags: OpenFlags,
+    hmac: Option<&str>,
+) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .map_err(backend)?;
+    // SQLCipher writes its own errors to stderr, around Moat's structured
+    // log (a wrong key is one, and so is the first try on an older file);
+    // every failure comes back as an SQLite error anyway.
+    conn.pragma_update(None, "cipher_log_level", "NONE")
         .map_err(backend)?;
     conn.pragma_update(None, "key", format!("x'{}'", hex::encode(key)))
         .map_err(backend)?;
+    if let Some(h) = hmac {
+        conn.pragma_update(None, "cipher_hmac_algorithm", h)
+            .map_err(backend)?;
+    }
     match conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
         r.get::<_, i64>(0)
     }) {

@@ -359,7 +359,66 @@ fn raw(dir: &Path) -> rusqlite::Connection {
     let c = rusqlite::Connection::open(dir.join("moat.db")).unwrap();
     c.pragma_update(None, "key", format!("x'{}'", hex::encode(KEY)))
         .unwrap();
+    c.pragma_update(None, "cipher_hmac_algorithm", crate::PAGE_HMAC_ALGORITHM)
+        .unwrap();
     c
+}
+
+/// A raw connection with SQLCipher's defaults, and whether it reads.
+fn reads_with_defaults(path: &Path, key: &[u8; 32]) -> bool {
+    let c = rusqlite::Connection::open(path).unwrap();
+    c.pragma_update(None, "key", format!("x'{}'", hex::encode(key)))
+        .unwrap();
+    c.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .is_ok()
+}
+
+#[test]
+fn new_files_use_the_chosen_page_hmac_and_older_files_still_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let flags =
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_CREATE;
+    // A file Moat creates: HMAC-SHA256, which SQLCipher's defaults cannot read.
+    let new = dir.path().join("new.db");
+    let c = crate::connect(&new, &KEY, flags).unwrap();
+    c.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+        .unwrap();
+    drop(c);
+    assert!(!reads_with_defaults(&new, &KEY));
+    let c = crate::connect(&new, &KEY, flags).unwrap();
+    assert_eq!(
+        c.query_row("SELECT x FROM t", [], |r| r.get::<_, i64>(0))
+            .unwrap(),
+        1
+    );
+    drop(c);
+    // A file made with SQLCipher's defaults (HMAC-SHA512), as Moat made them
+    // before: still opens, and stays as it is.
+    let old = dir.path().join("old.db");
+    let c = rusqlite::Connection::open(&old).unwrap();
+    c.pragma_update(None, "key", format!("x'{}'", hex::encode(KEY)))
+        .unwrap();
+    c.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (2);")
+        .unwrap();
+    drop(c);
+    let c = crate::connect(&old, &KEY, flags).unwrap();
+    c.execute_batch("INSERT INTO t VALUES (3);").unwrap();
+    assert_eq!(
+        c.query_row("SELECT sum(x) FROM t", [], |r| r.get::<_, i64>(0))
+            .unwrap(),
+        5
+    );
+    drop(c);
+    assert!(reads_with_defaults(&old, &KEY));
+    // A wrong key opens neither.
+    for path in [&new, &old] {
+        assert!(matches!(
+            crate::connect(path, &[8; 32], flags),
+            Err(StoreError::WrongKey)
+        ));
+    }
 }
 
 #[tokio::test]

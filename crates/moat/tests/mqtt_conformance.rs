@@ -49,7 +49,13 @@ fn gmqtt_mqtt5_suite_passes_against_the_open_topics_mode() {
     let (host, port) = plain.rsplit_once(':').unwrap();
     let out = Command::new(python)
         .current_dir(&suite)
-        .args(["-m", "pytest", "tests/test_mqtt5.py", "-p", "no:cacheprovider"])
+        .args([
+            "-m",
+            "pytest",
+            "tests/test_mqtt5.py",
+            "-p",
+            "no:cacheprovider",
+        ])
         .args(["-k", "not ssl and not assigned_clientid", "-rA"])
         // With TOKEN set the suite connects to a public broker instead.
         .env_remove("TOKEN")

@@ -169,6 +169,12 @@ fn tamper(data: &Path, sql: &str) {
     let conn = rusqlite::Connection::open(data.join("moat.db")).unwrap();
     conn.pragma_update(None, "key", format!("x'{}'", db_key(data)))
         .unwrap();
+    conn.pragma_update(
+        None,
+        "cipher_hmac_algorithm",
+        moat_store::PAGE_HMAC_ALGORITHM,
+    )
+    .unwrap();
     let triggers: Vec<String> = conn
         .prepare("SELECT name FROM sqlite_master WHERE type = 'trigger'")
         .unwrap()
