@@ -87,7 +87,8 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         refresh_token_ttl: config.refresh_token_ttl,
         websocket_ping: config.websocket_ping_interval,
     };
-    let message_store = open_messages(&config, &master)?;
+    let messages = open_messages(&config, &master)?;
+    let message_store: Arc<dyn MessageStore> = Arc::clone(&messages) as _;
     let bus = moat_bus::LocalBus::new(Arc::clone(&message_store));
     tokio::spawn(retention::run(
         Arc::clone(&store),
@@ -100,6 +101,11 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Arc::clone(&bus) as Arc<dyn moat_core::message::bus::Bus>,
         Arc::clone(&sessions),
     );
+    let retained = broker
+        .keep_retained(messages)
+        .await
+        .context("loading the MQTT retained messages")?;
+    tracing::info!(retained, "MQTT retained messages loaded");
     broker.start();
     let coap = Arc::new(moat_coap::Coap {
         config: config.coap(),
@@ -367,7 +373,7 @@ pub(crate) fn open_store(config: &Config, master: &MasterKey) -> anyhow::Result<
     }
 }
 
-fn open_messages(config: &Config, master: &MasterKey) -> anyhow::Result<Arc<dyn MessageStore>> {
+fn open_messages(config: &Config, master: &MasterKey) -> anyhow::Result<Arc<SqliteMessageStore>> {
     let path = config.data_dir.join(MESSAGES_FILE);
     match SqliteMessageStore::open(&path, &master.derive(Purpose::Messages)) {
         Ok(s) => Ok(Arc::new(s)),

@@ -6,6 +6,7 @@
 //! [`MessageStore`] port is where messages become durable (ADR 004).
 
 pub mod bus;
+pub mod retained;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};

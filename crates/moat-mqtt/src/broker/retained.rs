@@ -2,24 +2,42 @@
 //! subscriptions whose filter matches (MQTT 5.0 §3.3.1.3). A retained
 //! message with an empty payload clears its topic.
 //!
-//! Kept in memory, as Mosquitto does by default: they do not survive a
-//! restart. The store is bounded; once full, retained messages for new
-//! topics are not kept (counted), while existing topics still update.
+//! Held in memory, where subscriptions read them. Once the broker is given
+//! a [`RetainedStore`] ([`Broker::keep_retained`]) every change is also
+//! written behind, in order, by one task, and the store's copy is loaded
+//! at the next start: they survive a restart. Written behind means a
+//! retained message is durable a few milliseconds after it was routed,
+//! not before its PUBACK (the message itself, on a channel, is durable
+//! before it, like every message). The store is bounded; once full,
+//! retained messages for new topics are not kept (counted), while existing
+//! topics still update.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Duration;
 
+use moat_core::message::retained::{RetainedChange, RetainedMessage, RetainedStore};
+use moat_core::store::StoreError;
+use mqtt_protocol_core::mqtt::ArcPayload;
+use mqtt_protocol_core::mqtt::packet::{
+    Properties, PropertiesParse, Property, VariableByteInteger,
+};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::Routed;
+use super::{Broker, Routed};
 use crate::topic::filter_matches;
 
 /// Topics with a retained message, at most.
 pub(crate) const MAX_RETAINED: usize = 100_000;
+/// Changes one write to the store takes at most.
+const WRITE_BATCH: usize = 1024;
 
 #[derive(Debug, Default)]
 pub(crate) struct Retained {
     by_topic: RwLock<HashMap<Arc<str>, Arc<Routed>>>,
+    /// Where changes go to be written behind, once there is a store.
+    persist: OnceLock<mpsc::UnboundedSender<RetainedChange>>,
 }
 
 impl Retained {
@@ -27,15 +45,24 @@ impl Retained {
     /// when the payload is empty.
     pub(crate) fn put(&self, msg: &Arc<Routed>) {
         let mut map = self.by_topic.write().unwrap_or_else(|p| p.into_inner());
-        if msg.payload.is_empty() {
-            map.remove(&msg.topic);
-            return;
+        let change = if msg.payload.is_empty() {
+            if map.remove(&msg.topic).is_none() {
+                return;
+            }
+            RetainedChange::Clear(msg.topic.to_string())
+        } else {
+            if map.len() >= MAX_RETAINED && !map.contains_key(&msg.topic) {
+                metrics::counter!("moat_mqtt_retained_refused_total").increment(1);
+                return;
+            }
+            map.insert(Arc::clone(&msg.topic), Arc::clone(msg));
+            RetainedChange::Keep(to_stored(msg))
+        };
+        // Sent under the map's lock, so the store sees the changes in the
+        // order the map took them.
+        if let Some(tx) = self.persist.get() {
+            let _ = tx.send(change);
         }
-        if map.len() >= MAX_RETAINED && !map.contains_key(&msg.topic) {
-            metrics::counter!("moat_mqtt_retained_refused_total").increment(1);
-            return;
-        }
-        map.insert(Arc::clone(&msg.topic), Arc::clone(msg));
     }
 
     /// The retained messages whose topic `filter` matches, unexpired.
@@ -54,5 +81,165 @@ impl Retained {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .len()
+    }
+}
+
+impl Broker {
+    /// Loads the retained messages `store` kept, and from now on writes
+    /// every change to them behind into it. Call once, before the
+    /// listeners start; returns how many were loaded.
+    pub async fn keep_retained(
+        self: &Arc<Self>,
+        store: Arc<dyn RetainedStore>,
+    ) -> Result<usize, StoreError> {
+        let kept = store.load_retained(now_micros()).await?;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let loaded = {
+            let mut map = self
+                .retained
+                .by_topic
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            let mut loaded = 0;
+            for m in kept {
+                match from_stored(m) {
+                    Some(r) if map.len() < MAX_RETAINED => {
+                        map.insert(Arc::clone(&r.topic), Arc::new(r));
+                        loaded += 1;
+                    }
+                    Some(_) => {}
+                    None => {
+                        metrics::counter!("moat_mqtt_retained_unreadable_total").increment(1);
+                    }
+                }
+            }
+            if self.retained.persist.set(tx).is_err() {
+                return Err(StoreError::Backend(
+                    "retained messages are already kept in a store".into(),
+                ));
+            }
+            loaded
+        };
+        tokio::spawn(async move {
+            let mut changes = Vec::new();
+            while rx.recv_many(&mut changes, WRITE_BATCH).await > 0 {
+                let n = changes.len() as u64;
+                match store.apply_retained(std::mem::take(&mut changes)).await {
+                    Ok(()) => {
+                        metrics::counter!("moat_mqtt_retained_writes_total").increment(n);
+                    }
+                    Err(e) => {
+                        metrics::counter!("moat_mqtt_retained_write_failures_total").increment(n);
+                        tracing::error!(error = %e, changes = n, "could not store retained messages");
+                    }
+                }
+            }
+        });
+        Ok(loaded)
+    }
+}
+
+fn now_micros() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+/// The store's form of a retained message: its expiry as wall-clock time,
+/// its properties encoded as in a packet.
+fn to_stored(msg: &Routed) -> RetainedMessage {
+    let expires_at = msg.expires_at.map(|e| {
+        let left = e.saturating_duration_since(Instant::now());
+        now_micros().saturating_add(i64::try_from(left.as_micros()).unwrap_or(i64::MAX))
+    });
+    RetainedMessage {
+        topic: msg.topic.to_string(),
+        qos: msg.qos,
+        payload: msg.payload.as_slice().to_vec(),
+        properties: encode_properties(&msg.props),
+        expires_at,
+    }
+}
+
+/// A stored retained message as the broker routes it; `None` if its
+/// properties do not decode.
+fn from_stored(m: RetainedMessage) -> Option<Routed> {
+    let (props, _) = Properties::parse(&m.properties).ok()?;
+    let expires_at = m.expires_at.map(|at| {
+        let left = u64::try_from(at.saturating_sub(now_micros())).unwrap_or(0);
+        Instant::now() + Duration::from_micros(left)
+    });
+    let payload: Arc<[u8]> = m.payload.into();
+    let len = payload.len();
+    Some(Routed {
+        topic: m.topic.into(),
+        payload: ArcPayload::new(payload, 0, len),
+        qos: m.qos.min(2),
+        retain: true,
+        props,
+        expires_at,
+        origin: None,
+    })
+}
+
+fn encode_properties(props: &[Property]) -> Vec<u8> {
+    let body: Vec<u8> = props
+        .iter()
+        .flat_map(Property::to_continuous_buffer)
+        .collect();
+    let len = u32::try_from(body.len())
+        .ok()
+        .and_then(VariableByteInteger::from_u32);
+    match len {
+        Some(len) => {
+            let mut out = len.to_continuous_buffer();
+            out.extend_from_slice(&body);
+            out
+        }
+        // Longer than any packet may be: not from a valid PUBLISH.
+        None => vec![0],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mqtt_protocol_core::mqtt::packet::{ContentType, UserProperty};
+
+    use super::*;
+
+    #[test]
+    fn a_retained_message_round_trips_through_its_stored_form() {
+        let payload: Arc<[u8]> = Arc::from(&b"21.5"[..]);
+        let msg = Routed {
+            topic: "channels/x/messages/t".into(),
+            payload: ArcPayload::new(payload, 0, 4),
+            qos: 1,
+            retain: true,
+            props: vec![
+                Property::ContentType(ContentType::new("text/plain").unwrap()),
+                Property::UserProperty(UserProperty::new("k", "v").unwrap()),
+            ],
+            expires_at: Some(Instant::now() + Duration::from_secs(60)),
+            origin: Some(7),
+        };
+        let back = from_stored(to_stored(&msg)).unwrap();
+        assert_eq!(back.topic, msg.topic);
+        assert_eq!(back.payload.as_slice(), b"21.5");
+        assert_eq!(back.qos, 1);
+        assert!(back.retain);
+        assert_eq!(back.props, msg.props);
+        assert_eq!(back.origin, None);
+        let left = back.expires_at.unwrap() - Instant::now();
+        assert!(left > Duration::from_secs(58) && left <= Duration::from_secs(60));
+        // No properties, no expiry.
+        let bare = Routed {
+            props: Vec::new(),
+            expires_at: None,
+            ..back
+        };
+        let again = from_stored(to_stored(&bare)).unwrap();
+        assert!(again.props.is_empty() && again.expires_at.is_none());
+        // Garbage properties are refused, not guessed at.
+        let mut bad = to_stored(&bare);
+        bad.properties = vec![5, 0xff];
+        assert!(from_stored(bad).is_none());
     }
 }

@@ -39,7 +39,7 @@ const READER_STATEMENTS: usize = 64;
 const READER_CACHE_KIB: i64 = 64 * 1024;
 
 /// The schema's versions, applied in order and tracked by `user_version`.
-const SCHEMA: &[&str] = &[include_str!("schema.sql")];
+const SCHEMA: &[&str] = &[include_str!("schema.sql"), include_str!("schema_v2.sql")];
 
 /// [`MessageStore`] on an SQLCipher file.
 pub struct SqliteMessageStore {
@@ -188,6 +188,28 @@ impl MessageStore for SqliteMessageStore {
     /// [`writer::EXPIRE_CHUNK`] messages, appends committing between them.
     async fn expire(&self, channel: ChannelId, before: i64) -> Result<u64, StoreError> {
         self.writer.expire(channel, before).await
+    }
+}
+
+/// Both run on the writer thread, each in its own transaction after the
+/// batch of appends it arrived with.
+#[async_trait]
+impl moat_core::message::retained::RetainedStore for SqliteMessageStore {
+    async fn apply_retained(
+        &self,
+        changes: Vec<moat_core::message::retained::RetainedChange>,
+    ) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        self.writer.apply_retained(changes).await
+    }
+
+    async fn load_retained(
+        &self,
+        now: i64,
+    ) -> Result<Vec<moat_core::message::retained::RetainedMessage>, StoreError> {
+        self.writer.load_retained(now).await
     }
 }
 

@@ -795,3 +795,44 @@ async fn a_read_whose_caller_stops_waiting_is_interrupted() {
     }
     assert_eq!(store.cancelled_reads(), 1);
 }
+
+#[tokio::test]
+async fn retained_messages_are_kept_per_topic_across_reopening_until_cleared_or_expired() {
+    use moat_core::message::retained::{RetainedChange, RetainedMessage, RetainedStore};
+    let dir = tempfile::tempdir().unwrap();
+    let kept = |topic: &str, payload: &[u8], expires_at: Option<i64>| RetainedMessage {
+        topic: topic.into(),
+        qos: 1,
+        payload: payload.to_vec(),
+        properties: vec![0],
+        expires_at,
+    };
+    {
+        let store = open(dir.path());
+        assert!(store.load_retained(T0).await.unwrap().is_empty());
+        store
+            .apply_retained(vec![
+                RetainedChange::Keep(kept("a/1", b"first", None)),
+                RetainedChange::Keep(kept("a/2", b"two", None)),
+                RetainedChange::Keep(kept("a/3", b"expires", Some(T0 + 10))),
+                RetainedChange::Keep(kept("a/4", b"later", Some(T0 + 1_000_000))),
+                // The last change to a topic wins, in order.
+                RetainedChange::Keep(kept("a/1", b"second", None)),
+                RetainedChange::Clear("a/2".into()),
+                RetainedChange::Clear("never/kept".into()),
+            ])
+            .await
+            .unwrap();
+    }
+    let store = open(dir.path());
+    let loaded = store.load_retained(T0 + 10).await.unwrap();
+    assert_eq!(
+        loaded,
+        vec![
+            kept("a/1", b"second", None),
+            kept("a/4", b"later", Some(T0 + 1_000_000))
+        ]
+    );
+    // The expired one is gone from the file, not just skipped.
+    assert_eq!(store.load_retained(T0).await.unwrap().len(), 2);
+}

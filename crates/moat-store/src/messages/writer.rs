@@ -22,6 +22,7 @@ use std::thread::JoinHandle;
 
 use moat_core::ChannelId;
 use moat_core::message::Message;
+use moat_core::message::retained::{RetainedChange, RetainedMessage};
 use moat_core::store::StoreError;
 use rusqlite::{Connection, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
@@ -42,6 +43,20 @@ type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 enum Request {
     Append(Append),
     Expire(Expiry),
+    Retained(RetainedJob),
+}
+
+/// Work on the retained messages: small and rare next to appends, so each
+/// runs in its own transaction after the batch it arrived with.
+enum RetainedJob {
+    Apply {
+        changes: Vec<RetainedChange>,
+        reply: Reply<()>,
+    },
+    Load {
+        now: i64,
+        reply: Reply<Vec<RetainedMessage>>,
+    },
 }
 
 struct Append {
@@ -75,6 +90,7 @@ impl Writer {
             conn,
             requests,
             expiries: VecDeque::new(),
+            retained: Vec::new(),
             batches: Arc::clone(&batches),
         };
         let handle = std::thread::Builder::new()
@@ -105,6 +121,24 @@ impl Writer {
             reply,
         };
         self.request(Request::Expire(expiry), done).await
+    }
+
+    pub(super) async fn apply_retained(
+        &self,
+        changes: Vec<RetainedChange>,
+    ) -> Result<(), StoreError> {
+        let (reply, done) = oneshot::channel();
+        self.request(
+            Request::Retained(RetainedJob::Apply { changes, reply }),
+            done,
+        )
+        .await
+    }
+
+    pub(super) async fn load_retained(&self, now: i64) -> Result<Vec<RetainedMessage>, StoreError> {
+        let (reply, done) = oneshot::channel();
+        self.request(Request::Retained(RetainedJob::Load { now, reply }), done)
+            .await
     }
 
     async fn request<T>(
@@ -145,6 +179,8 @@ struct Thread {
     /// Expiries in progress, oldest first; one chunk of the first runs after
     /// each batch.
     expiries: VecDeque<Expiry>,
+    /// Retained-message jobs taken with the current batch, in order.
+    retained: Vec<RetainedJob>,
     batches: Arc<AtomicU64>,
 }
 
@@ -167,6 +203,9 @@ impl Thread {
             let (batch, size) = self.gather(first, &mut carry);
             if !batch.is_empty() {
                 self.commit(batch, size);
+            }
+            for job in std::mem::take(&mut self.retained) {
+                self.retained_job(job);
             }
             self.expire_step();
         }
@@ -194,6 +233,7 @@ impl Thread {
                     batch.push(a);
                 }
                 Request::Expire(e) => self.expiries.push_back(e),
+                Request::Retained(j) => self.retained.push(j),
             }
             if size >= MAX_BATCH {
                 break;
@@ -224,6 +264,21 @@ impl Thread {
                 for append in batch {
                     let _ = append.reply.send(Err(StoreError::Backend(e.clone())));
                 }
+            }
+        }
+    }
+
+    fn retained_job(&mut self, job: RetainedJob) {
+        match job {
+            RetainedJob::Apply { changes, reply } => {
+                let r = apply_retained(&mut self.conn, &changes).map_err(|e| {
+                    tracing::error!(error = %e, "cannot store retained messages");
+                    backend(e)
+                });
+                let _ = reply.send(r);
+            }
+            RetainedJob::Load { now, reply } => {
+                let _ = reply.send(load_retained(&mut self.conn, now).map_err(backend));
             }
         }
     }
@@ -319,6 +374,56 @@ fn insert(conn: &mut Connection, batch: &[Append]) -> rusqlite::Result<Vec<Vec<i
 /// Deletes up to [`EXPIRE_CHUNK`] of `channel`'s messages received before
 /// `before`, and their records, in one transaction; returns how many
 /// messages went.
+fn apply_retained(conn: &mut Connection, changes: &[RetainedChange]) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    {
+        let mut keep = tx.prepare_cached(
+            "INSERT INTO retained (topic, qos, payload, properties, expires_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (topic) DO UPDATE SET \
+             qos = excluded.qos, payload = excluded.payload, \
+             properties = excluded.properties, expires_at = excluded.expires_at",
+        )?;
+        let mut clear = tx.prepare_cached("DELETE FROM retained WHERE topic = ?1")?;
+        for c in changes {
+            match c {
+                RetainedChange::Keep(m) => {
+                    keep.execute(params![
+                        m.topic,
+                        m.qos,
+                        m.payload,
+                        m.properties,
+                        m.expires_at
+                    ])?;
+                }
+                RetainedChange::Clear(topic) => {
+                    clear.execute(params![topic])?;
+                }
+            }
+        }
+    }
+    tx.commit()
+}
+
+/// Deletes the expired retained messages and returns the others.
+fn load_retained(conn: &mut Connection, now: i64) -> rusqlite::Result<Vec<RetainedMessage>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute("DELETE FROM retained WHERE expires_at <= ?1", params![now])?;
+    let kept = tx
+        .prepare("SELECT topic, qos, payload, properties, expires_at FROM retained ORDER BY topic")?
+        .query_map([], |r| {
+            Ok(RetainedMessage {
+                topic: r.get(0)?,
+                qos: r.get(1)?,
+                payload: r.get(2)?,
+                properties: r.get(3)?,
+                expires_at: r.get(4)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    tx.commit()?;
+    Ok(kept)
+}
+
 fn expire_chunk(conn: &mut Connection, channel: ChannelId, before: i64) -> rusqlite::Result<usize> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let seqs = {
