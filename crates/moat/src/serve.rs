@@ -258,6 +258,12 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!("shutting down: no new connections; draining open ones");
     let _ = stop_tx.send(true);
     while servers.join_next().await.is_some() {}
+    if tokio::time::timeout(Duration::from_secs(5), broker.flush_retained())
+        .await
+        .is_err()
+    {
+        tracing::warn!("retained MQTT messages were still being written at shutdown");
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -115,3 +115,45 @@ async fn retained_messages_survive_a_power_cut_with_their_properties() {
     let left = props.message_expiry_interval.expect("expiry");
     assert!((3500..=3600).contains(&left), "{left}");
 }
+
+#[tokio::test]
+async fn a_graceful_stop_writes_the_retained_messages_still_behind() {
+    let server = Server::start();
+    let admin = Api::bearer(&server, &server.admin_token().await);
+    let channel = admin
+        .create(
+            "/channels",
+            json!({"name": "state", "payload_policy": "opaque"}),
+        )
+        .await;
+    let dev = device(&admin, &channel, "gateway", true, true).await;
+    let topic = format!("channels/{channel}/messages/mode");
+    let (pubc, mut events) =
+        rumqttc::v5::AsyncClient::new(v5_with_key(&server, "publisher", &dev.device, &dev.key), 16);
+    next_v5(&mut events, 10).await.unwrap();
+    pubc.publish(&topic, QoS::AtLeastOnce, true, "away")
+        .await
+        .unwrap();
+    // Routed (and so kept in memory) before its PUBACK; stopped at once,
+    // without waiting for the write behind.
+    loop {
+        if let Packet::PubAck(a) = next_v5(&mut events, 10).await.unwrap() {
+            assert_eq!(a.reason, PubAckReason::Success, "{a:?}");
+            break;
+        }
+    }
+    let dir = server.stop();
+
+    let server = Server::start_in(dir, Options::default());
+    let (sub, mut events) =
+        rumqttc::v5::AsyncClient::new(v5_with_key(&server, "listener", &dev.device, &dev.key), 16);
+    next_v5(&mut events, 10).await.unwrap();
+    sub.subscribe(&topic, QoS::AtLeastOnce).await.unwrap();
+    loop {
+        if let Packet::Publish(p) = next_v5(&mut events, 10).await.unwrap() {
+            assert!(p.retain);
+            assert_eq!(p.payload, Bytes::from("away"));
+            break;
+        }
+    }
+}

@@ -22,7 +22,7 @@ use mqtt_protocol_core::mqtt::ArcPayload;
 use mqtt_protocol_core::mqtt::packet::{
     Properties, PropertiesParse, Property, VariableByteInteger,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::{Broker, Routed};
@@ -37,7 +37,15 @@ const WRITE_BATCH: usize = 1024;
 pub(crate) struct Retained {
     by_topic: RwLock<HashMap<Arc<str>, Arc<Routed>>>,
     /// Where changes go to be written behind, once there is a store.
-    persist: OnceLock<mpsc::UnboundedSender<RetainedChange>>,
+    persist: OnceLock<mpsc::UnboundedSender<Behind>>,
+}
+
+/// What the write-behind task takes, in order.
+#[derive(Debug)]
+enum Behind {
+    Change(RetainedChange),
+    /// Answered once every change sent before it is in the store.
+    Flush(oneshot::Sender<()>),
 }
 
 impl Retained {
@@ -61,7 +69,7 @@ impl Retained {
         // Sent under the map's lock, so the store sees the changes in the
         // order the map took them.
         if let Some(tx) = self.persist.get() {
-            let _ = tx.send(change);
+            let _ = tx.send(Behind::Change(change));
         }
     }
 
@@ -74,6 +82,56 @@ impl Retained {
             .filter(|m| filter_matches(filter, &m.topic))
             .cloned()
             .collect()
+    }
+
+    /// From now on, writes every change behind into `store`, in order,
+    /// from one task.
+    fn write_behind(&self, store: Arc<dyn RetainedStore>) -> Result<(), StoreError> {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        if self.persist.set(tx).is_err() {
+            return Err(StoreError::Backend(
+                "retained messages are already kept in a store".into(),
+            ));
+        }
+        tokio::spawn(async move {
+            let mut taken = Vec::new();
+            while rx.recv_many(&mut taken, WRITE_BATCH).await > 0 {
+                let mut changes = Vec::with_capacity(taken.len());
+                let mut flushes = Vec::new();
+                for b in taken.drain(..) {
+                    match b {
+                        Behind::Change(c) => changes.push(c),
+                        Behind::Flush(done) => flushes.push(done),
+                    }
+                }
+                let n = changes.len() as u64;
+                match store.apply_retained(changes).await {
+                    Ok(()) => {
+                        metrics::counter!("moat_mqtt_retained_writes_total").increment(n);
+                    }
+                    Err(e) => {
+                        metrics::counter!("moat_mqtt_retained_write_failures_total").increment(n);
+                        tracing::error!(error = %e, changes = n, "could not store retained messages");
+                    }
+                }
+                for done in flushes {
+                    let _ = done.send(());
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Waits until every change made so far is in the store (or its write
+    /// failed); at once when there is no store.
+    async fn flush(&self) {
+        let Some(tx) = self.persist.get() else {
+            return;
+        };
+        let (done, flushed) = oneshot::channel();
+        if tx.send(Behind::Flush(done)).is_ok() {
+            let _ = flushed.await;
+        }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -93,7 +151,6 @@ impl Broker {
         store: Arc<dyn RetainedStore>,
     ) -> Result<usize, StoreError> {
         let kept = store.load_retained(now_micros()).await?;
-        let (tx, mut rx) = mpsc::unbounded_channel();
         let loaded = {
             let mut map = self
                 .retained
@@ -113,29 +170,17 @@ impl Broker {
                     }
                 }
             }
-            if self.retained.persist.set(tx).is_err() {
-                return Err(StoreError::Backend(
-                    "retained messages are already kept in a store".into(),
-                ));
-            }
             loaded
         };
-        tokio::spawn(async move {
-            let mut changes = Vec::new();
-            while rx.recv_many(&mut changes, WRITE_BATCH).await > 0 {
-                let n = changes.len() as u64;
-                match store.apply_retained(std::mem::take(&mut changes)).await {
-                    Ok(()) => {
-                        metrics::counter!("moat_mqtt_retained_writes_total").increment(n);
-                    }
-                    Err(e) => {
-                        metrics::counter!("moat_mqtt_retained_write_failures_total").increment(n);
-                        tracing::error!(error = %e, changes = n, "could not store retained messages");
-                    }
-                }
-            }
-        });
+        self.retained.write_behind(store)?;
         Ok(loaded)
+    }
+
+    /// Waits until every change to the retained messages made so far is in
+    /// the store (or its write failed): at shutdown, once the connections
+    /// are closed and their wills published.
+    pub async fn flush_retained(&self) {
+        self.retained.flush().await;
     }
 }
 
@@ -201,9 +246,70 @@ fn encode_properties(props: &[Property]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
     use mqtt_protocol_core::mqtt::packet::{ContentType, UserProperty};
 
     use super::*;
+
+    /// A store that takes its time, and remembers what it was given.
+    #[derive(Default)]
+    struct SlowStore(Mutex<Vec<RetainedChange>>);
+
+    #[async_trait]
+    impl RetainedStore for SlowStore {
+        async fn apply_retained(&self, changes: Vec<RetainedChange>) -> Result<(), StoreError> {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            self.0.lock().unwrap().extend(changes);
+            Ok(())
+        }
+
+        async fn load_retained(&self, _now: i64) -> Result<Vec<RetainedMessage>, StoreError> {
+            Ok(Vec::new())
+        }
+    }
+
+    fn routed(topic: &str, payload: &'static [u8]) -> Arc<Routed> {
+        let payload: Arc<[u8]> = Arc::from(payload);
+        let len = payload.len();
+        Arc::new(Routed {
+            topic: topic.into(),
+            payload: ArcPayload::new(payload, 0, len),
+            qos: 1,
+            retain: true,
+            props: Vec::new(),
+            expires_at: None,
+            origin: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn changes_are_written_behind_in_order_and_a_flush_waits_for_them() {
+        let store = Arc::new(SlowStore::default());
+        let retained = Retained::default();
+        retained.write_behind(Arc::clone(&store) as _).unwrap();
+        retained.put(&routed("a", b"1"));
+        retained.put(&routed("a", b""));
+        // Clearing a topic without a retained message changes nothing.
+        retained.put(&routed("b", b""));
+        retained.put(&routed("a", b"2"));
+        // Served from memory at once; in the store only later.
+        assert_eq!(retained.matching("#").len(), 1);
+        assert!(store.0.lock().unwrap().is_empty());
+        retained.flush().await;
+        let written = store.0.lock().unwrap().clone();
+        let topics: Vec<_> = written
+            .iter()
+            .map(|c| match c {
+                RetainedChange::Keep(m) => format!("keep {} {:?}", m.topic, m.payload),
+                RetainedChange::Clear(t) => format!("clear {t}"),
+            })
+            .collect();
+        assert_eq!(topics, ["keep a [49]", "clear a", "keep a [50]"]);
+        // A second store is refused.
+        assert!(retained.write_behind(store).is_err());
+    }
 
     #[test]
     fn a_retained_message_round_trips_through_its_stored_form() {
