@@ -43,7 +43,9 @@ pub(crate) struct Retained {
 /// What the write-behind task takes, in order.
 #[derive(Debug)]
 enum Behind {
-    Change(RetainedChange),
+    /// Converted for the store by the task, not on the publisher's path.
+    Keep(Arc<Routed>),
+    Clear(Arc<str>),
     /// Answered once every change sent before it is in the store.
     Flush(oneshot::Sender<()>),
 }
@@ -57,19 +59,19 @@ impl Retained {
             if map.remove(&msg.topic).is_none() {
                 return;
             }
-            RetainedChange::Clear(msg.topic.to_string())
+            Behind::Clear(Arc::clone(&msg.topic))
         } else {
             if map.len() >= MAX_RETAINED && !map.contains_key(&msg.topic) {
                 metrics::counter!("moat_mqtt_retained_refused_total").increment(1);
                 return;
             }
             map.insert(Arc::clone(&msg.topic), Arc::clone(msg));
-            RetainedChange::Keep(to_stored(msg))
+            Behind::Keep(Arc::clone(msg))
         };
         // Sent under the map's lock, so the store sees the changes in the
         // order the map took them.
         if let Some(tx) = self.persist.get() {
-            let _ = tx.send(Behind::Change(change));
+            let _ = tx.send(change);
         }
     }
 
@@ -100,7 +102,8 @@ impl Retained {
                 let mut flushes = Vec::new();
                 for b in taken.drain(..) {
                     match b {
-                        Behind::Change(c) => changes.push(c),
+                        Behind::Keep(m) => changes.push(RetainedChange::Keep(to_stored(&m))),
+                        Behind::Clear(t) => changes.push(RetainedChange::Clear(t.to_string())),
                         Behind::Flush(done) => flushes.push(done),
                     }
                 }

@@ -12,6 +12,7 @@
 
 mod columns;
 mod read;
+mod retained;
 mod writer;
 
 use std::path::Path;
@@ -188,28 +189,6 @@ impl MessageStore for SqliteMessageStore {
     /// [`writer::EXPIRE_CHUNK`] messages, appends committing between them.
     async fn expire(&self, channel: ChannelId, before: i64) -> Result<u64, StoreError> {
         self.writer.expire(channel, before).await
-    }
-}
-
-/// Both run on the writer thread, each in its own transaction after the
-/// batch of appends it arrived with.
-#[async_trait]
-impl moat_core::message::retained::RetainedStore for SqliteMessageStore {
-    async fn apply_retained(
-        &self,
-        changes: Vec<moat_core::message::retained::RetainedChange>,
-    ) -> Result<(), StoreError> {
-        if changes.is_empty() {
-            return Ok(());
-        }
-        self.writer.apply_retained(changes).await
-    }
-
-    async fn load_retained(
-        &self,
-        now: i64,
-    ) -> Result<Vec<moat_core::message::retained::RetainedMessage>, StoreError> {
-        self.writer.load_retained(now).await
     }
 }
 

@@ -271,14 +271,14 @@ impl Thread {
     fn retained_job(&mut self, job: RetainedJob) {
         match job {
             RetainedJob::Apply { changes, reply } => {
-                let r = apply_retained(&mut self.conn, &changes).map_err(|e| {
+                let r = super::retained::apply(&mut self.conn, &changes).map_err(|e| {
                     tracing::error!(error = %e, "cannot store retained messages");
                     backend(e)
                 });
                 let _ = reply.send(r);
             }
             RetainedJob::Load { now, reply } => {
-                let _ = reply.send(load_retained(&mut self.conn, now).map_err(backend));
+                let _ = reply.send(super::retained::load(&mut self.conn, now).map_err(backend));
             }
         }
     }
@@ -374,56 +374,6 @@ fn insert(conn: &mut Connection, batch: &[Append]) -> rusqlite::Result<Vec<Vec<i
 /// Deletes up to [`EXPIRE_CHUNK`] of `channel`'s messages received before
 /// `before`, and their records, in one transaction; returns how many
 /// messages went.
-fn apply_retained(conn: &mut Connection, changes: &[RetainedChange]) -> rusqlite::Result<()> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    {
-        let mut keep = tx.prepare_cached(
-            "INSERT INTO retained (topic, qos, payload, properties, expires_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (topic) DO UPDATE SET \
-             qos = excluded.qos, payload = excluded.payload, \
-             properties = excluded.properties, expires_at = excluded.expires_at",
-        )?;
-        let mut clear = tx.prepare_cached("DELETE FROM retained WHERE topic = ?1")?;
-        for c in changes {
-            match c {
-                RetainedChange::Keep(m) => {
-                    keep.execute(params![
-                        m.topic,
-                        m.qos,
-                        m.payload,
-                        m.properties,
-                        m.expires_at
-                    ])?;
-                }
-                RetainedChange::Clear(topic) => {
-                    clear.execute(params![topic])?;
-                }
-            }
-        }
-    }
-    tx.commit()
-}
-
-/// Deletes the expired retained messages and returns the others.
-fn load_retained(conn: &mut Connection, now: i64) -> rusqlite::Result<Vec<RetainedMessage>> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    tx.execute("DELETE FROM retained WHERE expires_at <= ?1", params![now])?;
-    let kept = tx
-        .prepare("SELECT topic, qos, payload, properties, expires_at FROM retained ORDER BY topic")?
-        .query_map([], |r| {
-            Ok(RetainedMessage {
-                topic: r.get(0)?,
-                qos: r.get(1)?,
-                payload: r.get(2)?,
-                properties: r.get(3)?,
-                expires_at: r.get(4)?,
-            })
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    tx.commit()?;
-    Ok(kept)
-}
-
 fn expire_chunk(conn: &mut Connection, channel: ChannelId, before: i64) -> rusqlite::Result<usize> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let seqs = {
