@@ -393,7 +393,11 @@ async fn every_bad_publish_is_refused_clearly_and_stores_nothing() {
         r#"{"t":1}"#,
     )
     .await;
-    problem(&r, 415, "senml channel does not accept application/json");
+    problem(
+        &r,
+        415,
+        "payload policy senml does not accept application/json",
+    );
     let r = publish(
         &server,
         &auth,

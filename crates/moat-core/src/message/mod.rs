@@ -146,7 +146,7 @@ pub struct Incoming<'a> {
 pub enum Rejection {
     #[error("the payload is {size} bytes; this channel accepts at most {limit}")]
     TooLarge { size: usize, limit: usize },
-    #[error("a {policy} channel does not accept {content_type}")]
+    #[error("a channel with payload policy {policy} does not accept {content_type}")]
     ContentType {
         policy: &'static str,
         content_type: &'static str,

@@ -66,7 +66,7 @@ fn a_senml_channel_refuses_anything_else_with_the_reason() {
     let e = publish(&c, "", Some(ContentType::Json), br#"{"t":1}"#).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "a senml channel does not accept application/json"
+        "a channel with payload policy senml does not accept application/json"
     );
     let e = publish(&c, "", None, br#"[{"n":"bad name!","v":1}]"#).unwrap_err();
     assert!(matches!(e, Rejection::Senml(_)), "{e}");
