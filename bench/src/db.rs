@@ -26,13 +26,8 @@ pub(crate) fn open(path: &Path, key: &[u8; 32], read_only: bool) -> anyhow::Resu
     } else {
         OpenFlags::SQLITE_OPEN_READ_WRITE
     };
-    let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-        .with_context(|| format!("opening {}", path.display()))?;
-    conn.pragma_update(None, "key", format!("x'{}'", hex::encode(key)))?;
-    conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
-        r.get::<_, i64>(0)
-    })
-    .with_context(|| format!("reading {} (wrong master key?)", path.display()))?;
+    let conn = moat_store::open_connection(path, key, flags)
+        .with_context(|| format!("reading {} (wrong master key?)", path.display()))?;
     if !read_only {
         conn.pragma_update(None, "journal_mode", "WAL")?;
     }

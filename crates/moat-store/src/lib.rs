@@ -101,6 +101,17 @@ impl SqliteStore {
 /// Moat database with another tool must set it too.
 pub const PAGE_HMAC_ALGORITHM: &str = "HMAC_SHA256";
 
+/// One keyed connection to a Moat database file, as the stores open
+/// theirs (page HMAC, synchronous commits, foreign keys): for tools that
+/// read or write the file directly (the benchmarks' `moat-bench`).
+pub fn open_connection(
+    path: &Path,
+    key: &[u8; 32],
+    flags: OpenFlags,
+) -> Result<Connection, StoreError> {
+    connect(path, key, flags)
+}
+
 /// Opens one keyed connection and proves the key by reading the schema.
 /// A file Moat created before the page HMAC was chosen (SQLCipher's
 /// default, HMAC-SHA512) is opened with the default.
