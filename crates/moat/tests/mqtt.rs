@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::messages::{all_messages, connect, device};
+use common::messages::{all_messages, connect, device, opaque_channel_and_device};
 use common::mqtt::*;
 use common::{Api, Options, Server};
 use rumqttc::v5::mqttbytes::QoS;
@@ -347,13 +347,7 @@ async fn mqtt311_refuses_bad_credentials_and_closes_on_a_refused_publish() {
 async fn retained_messages_persistent_sessions_takeover_and_wills() {
     let server = Server::start();
     let admin = admin(&server).await;
-    let channel = admin
-        .create(
-            "/channels",
-            json!({"name": "state", "payload_policy": "opaque"}),
-        )
-        .await;
-    let dev = device(&admin, &channel, "gateway", true, true).await;
+    let (channel, dev) = opaque_channel_and_device(&admin, "state", "gateway").await;
     let topic = |sub: &str| format!("channels/{channel}/messages/{sub}");
 
     // A retained message, published before anyone listens.

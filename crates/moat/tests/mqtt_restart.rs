@@ -7,12 +7,11 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::messages::device;
+use common::messages::opaque_channel_and_device;
 use common::mqtt::*;
 use common::{Api, Options, Server};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, PublishProperties};
-use serde_json::json;
 
 /// The value of counter `name` in the server's metrics, 0 if absent.
 async fn counter(server: &Server, name: &str) -> u64 {
@@ -26,13 +25,7 @@ async fn counter(server: &Server, name: &str) -> u64 {
 async fn retained_messages_survive_a_power_cut_with_their_properties() {
     let server = Server::start();
     let admin = Api::bearer(&server, &server.admin_token().await);
-    let channel = admin
-        .create(
-            "/channels",
-            json!({"name": "state", "payload_policy": "opaque"}),
-        )
-        .await;
-    let dev = device(&admin, &channel, "gateway", true, true).await;
+    let (channel, dev) = opaque_channel_and_device(&admin, "state", "gateway").await;
     let topic = |sub: &str| format!("channels/{channel}/messages/{sub}");
 
     let (pubc, mut events) =
@@ -120,13 +113,7 @@ async fn retained_messages_survive_a_power_cut_with_their_properties() {
 async fn a_graceful_stop_writes_the_retained_messages_still_behind() {
     let server = Server::start();
     let admin = Api::bearer(&server, &server.admin_token().await);
-    let channel = admin
-        .create(
-            "/channels",
-            json!({"name": "state", "payload_policy": "opaque"}),
-        )
-        .await;
-    let dev = device(&admin, &channel, "gateway", true, true).await;
+    let (channel, dev) = opaque_channel_and_device(&admin, "state", "gateway").await;
     let topic = format!("channels/{channel}/messages/mode");
     let (pubc, mut events) =
         rumqttc::v5::AsyncClient::new(v5_with_key(&server, "publisher", &dev.device, &dev.key), 16);

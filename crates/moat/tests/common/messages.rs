@@ -102,3 +102,20 @@ pub async fn all_messages(api: &Api, channel: &str) -> Vec<Value> {
     }
     panic!("more pages than a test should write");
 }
+
+/// An opaque channel named `name`, and a device named `device_name` with a
+/// key that may publish to it and subscribe to it.
+pub async fn opaque_channel_and_device(
+    admin: &Api,
+    name: &str,
+    device_name: &str,
+) -> (String, Publisher) {
+    let channel = admin
+        .create(
+            "/channels",
+            json!({"name": name, "payload_policy": "opaque"}),
+        )
+        .await;
+    let dev = device(admin, &channel, device_name, true, true).await;
+    (channel, dev)
+}
