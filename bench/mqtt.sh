@@ -12,12 +12,18 @@
 #             peak (or at --load-rate msg/s, the same for every target)
 #   idle      --idle idle TLS connections (bench/mqtt_idle.py): server RSS
 #             before and after, KiB a connection
+#   qos1cost  QoS 1 fan-in paced at --cost-rate msg/s (below both brokers'
+#             peak): the server's CPU time, user + system, per acknowledged
+#             publish over the measured window (saturated runs on a shared
+#             two-core machine swing with scheduling; this does not). Not
+#             in the default set
 #
-#   bench/mqtt.sh [--targets mosquitto,moat] [--scenarios qos0,qos1,fanout,latency,idle]
+#   bench/mqtt.sh [--targets mosquitto,moat] [--scenarios qos0,qos1,fanout,latency,idle,qos1cost]
 #                 [--publishers 100] [--subscribers 1000] [--idle 10000]
 #                 [--duration 10] [--warmup 2] [--payload-size 64]
 #                 [--fanout-rate 50] [--fanout-steps 6]
 #                 [--probe-rate 100] [--latency-qos 0] [--load-rate N]
+#                 [--cost-rate 20000]
 #                 [--work-dir DIR] [--keep] [--no-build]
 #
 # Targets: mosquitto (TLS, client certificate required), mosquitto-plain
@@ -45,12 +51,13 @@ fanout_steps=6
 probe_rate=100
 latency_qos=0
 load_rate=""
+cost_rate=20000
 work=""
 keep=0
 build=1
 
 usage() {
-  sed -n '2,32s/^# \{0,1\}//p' "$0"
+  sed -n '2,37s/^# \{0,1\}//p' "$0"
   exit "${1:-0}"
 }
 
@@ -69,6 +76,7 @@ while [ $# -gt 0 ]; do
     --probe-rate) probe_rate=$2; shift 2 ;;
     --latency-qos) latency_qos=$2; shift 2 ;;
     --load-rate) load_rate=$2; shift 2 ;;
+    --cost-rate) cost_rate=$2; shift 2 ;;
     --work-dir) work=$2; shift 2 ;;
     --keep) keep=1; shift ;;
     --no-build) build=0; shift ;;
@@ -91,13 +99,14 @@ number --fanout-steps "$fanout_steps" 1 10
 number --probe-rate "$probe_rate" 1 100000
 number --latency-qos "$latency_qos" 0 2
 [ -z "$load_rate" ] || number --load-rate "$load_rate" 1 10000000
+number --cost-rate "$cost_rate" 1 10000000
 IFS=, read -r -a target_list <<<"$targets"
 IFS=, read -r -a scenario_list <<<"$scenarios"
 for t in "${target_list[@]}"; do
   case "$t" in mosquitto|mosquitto-plain|moat) ;; *) echo "unknown target: $t" >&2; exit 2 ;; esac
 done
 for s in "${scenario_list[@]}"; do
-  case "$s" in qos0|qos1|fanout|latency|idle) ;; *) echo "unknown scenario: $s" >&2; exit 2 ;; esac
+  case "$s" in qos0|qos1|qos1cost|fanout|latency|idle) ;; *) echo "unknown scenario: $s" >&2; exit 2 ;; esac
 done
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -323,6 +332,8 @@ start_target() { # TARGET SCENARIO
 
 # /proc/PID/status fields in KiB.
 proc_kib() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
+# User + system CPU time of process $1 so far, in clock ticks.
+proc_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 
 # ------------------------------------------------------------ results ----
 declare -A res=()
@@ -494,11 +505,44 @@ idle_conns() { # TARGET
   [ "$ok" = "$idle" ] || { echo "  idle: only $ok of $idle connected" >&2; return 1; }
 }
 
+# The paced QoS 1 fan-in, and the server's CPU between the start of the
+# measured window (mqttv5 bench prints `measuring`) and the end of the run.
+qos1_cost() { # TARGET
+  local t=$1 bpid before after published ticks
+  tls_args
+  timeout -k 5 "$(limit_for "$publishers")" "$mqttv5" bench --url "$srv_url" "${tls[@]}" \
+    --payload-size "$payload_size" --mode throughput --qos 1 --publishers "$publishers" \
+    --subscribers 1 --rate "$cost_rate" --duration "$duration" --warmup "$warmup" \
+    --topic "$srv_topic/qos1cost" >"$work/$t-qos1cost.json" 2>"$work/$t-qos1cost.log" &
+  bpid=$!
+  bg_pids=("$bpid")
+  for _ in $(seq 1 $(( publishers / 5 + 120 ))); do # 0.5 s steps
+    grep -q '^measuring' "$work/$t-qos1cost.log" 2>/dev/null && break
+    kill -0 "$bpid" 2>/dev/null || break
+    sleep 0.5
+  done
+  before=$(proc_ticks "$srv_pid")
+  if ! wait "$bpid" || ! grep -q '^measuring' "$work/$t-qos1cost.log"; then
+    bg_pids=()
+    echo "  mqttv5 bench qos1cost failed against $t:" >&2
+    tail -n 5 "$work/$t-qos1cost.log" >&2
+    return 1
+  fi
+  bg_pids=()
+  after=$(proc_ticks "$srv_pid")
+  ticks=$(getconf CLK_TCK)
+  published=$(json "$work/$t-qos1cost.json" .results.published)
+  record "$t" qos1cost_offered "$(int "$(json "$work/$t-qos1cost.json" .results.offered_rate)")"
+  record "$t" qos1cost_us_per_msg "$(awk -v a="$after" -v b="$before" -v hz="$ticks" -v n="$published" \
+    'BEGIN { if (n > 0) printf "%.2f", (a - b) / hz * 1e6 / n }')"
+}
+
 run_scenario() { # TARGET SCENARIO
   local t=$1 s=$2 rc=0
   case "$s" in
     qos0) fan_in "$t" 0 || rc=$? ;;
     qos1) fan_in "$t" 1 || rc=$? ;;
+    qos1cost) qos1_cost "$t" || rc=$? ;;
     fanout) fan_out "$t" || rc=$? ;;
     latency) latency "$t" || rc=$? ;;
     idle) idle_conns "$t" || rc=$? ;;
@@ -582,6 +626,8 @@ metrics=(
   "qos1 qos1_stored QoS 1 fan-in: messages stored, warm-up included (moat)|"
   "qos1 qos1_dropped QoS 1 fan-in: messages the broker counted as dropped|lower"
   "qos1 qos1_server_peak_rss_mib QoS 1 fan-in: server peak RSS MiB|lower"
+  "qos1cost qos1cost_offered QoS 1 fan-in paced at $cost_rate msg/s: acknowledged publishes/s|"
+  "qos1cost qos1cost_us_per_msg QoS 1 fan-in paced: server CPU µs per acknowledged publish|lower"
   "fanout fanout_max_rate fan-out, 1 -> $subscribers: highest msg/s kept up with|higher"
   "fanout fanout_deliveries fan-out: deliveries/s there|higher"
   "fanout fanout_published fan-out: published msg/s there|higher"
