@@ -218,16 +218,13 @@ impl Thread {
                 },
                 None => None,
             };
-            let (mut batch, mut size) = self.gather(first, &mut carry);
+            let (mut batch, mut size) = (Vec::new(), 0);
+            self.gather(first, &mut carry, &mut batch, &mut size);
             let busy = last_commit.is_some_and(|(t, shared)| shared && t.elapsed() < BUSY_WITHIN);
             if busy && size > 0 && size < LINGER_BELOW && carry.is_none() {
                 std::thread::sleep(LINGER);
                 let more = self.requests.try_recv().ok();
-                if more.is_some() {
-                    let (later, later_size) = self.gather(more, &mut carry);
-                    batch.extend(later);
-                    size += later_size;
-                }
+                self.gather(more, &mut carry, &mut batch, &mut size);
             }
             if !batch.is_empty() {
                 let shared = batch.len() > 1;
@@ -241,37 +238,36 @@ impl Thread {
         }
     }
 
-    /// Takes `first` and every request already queued, up to [`MAX_BATCH`]
-    /// messages: the appends to commit together, and their size. Expiries
-    /// join the list in progress.
+    /// Adds `first` and every request already queued to `batch` (the
+    /// appends to commit together, `size` messages), up to [`MAX_BATCH`]
+    /// messages. Expiries join the list in progress.
     fn gather(
         &mut self,
         first: Option<Request>,
         carry: &mut Option<Append>,
-    ) -> (Vec<Append>, usize) {
-        let mut batch = Vec::new();
-        let mut size = 0;
+        batch: &mut Vec<Append>,
+        size: &mut usize,
+    ) {
         let mut next = first;
         while let Some(request) = next.take() {
             match request {
-                Request::Append(a) if !batch.is_empty() && size + a.messages.len() > MAX_BATCH => {
+                Request::Append(a) if !batch.is_empty() && *size + a.messages.len() > MAX_BATCH => {
                     *carry = Some(a);
                     break;
                 }
                 Request::Append(a) => {
-                    size += a.messages.len();
+                    *size += a.messages.len();
                     batch.push(a);
                 }
                 Request::Expire(e) => self.expiries.push_back(e),
                 Request::Retained(j) => self.retained.push(j),
             }
-            if size >= MAX_BATCH {
+            if *size >= MAX_BATCH {
                 break;
             }
             // Empty or closed: either way, write what we have.
             next = self.requests.try_recv().ok();
         }
-        (batch, size)
     }
 
     /// Writes `batch` in one transaction and answers every append in it: its
