@@ -366,6 +366,28 @@ bench() {
 json() { jq -r "$2" "$1"; }
 int() { awk -v x="$1" 'BEGIN { printf "%.0f", x }'; }
 
+# `start_fan_in TARGET NAME QOS RATE WARMUP SECONDS`: the fan-in shape
+# (--publishers -> 1 subscriber) paced at RATE msg/s, in the background (its
+# pid in $bg_pid and bg_pids), output to $work/TARGET-NAME.json and .log;
+# returns once it measures, false if it never does.
+bg_pid=""
+start_fan_in() {
+  local t=$1 name=$2 q=$3 rate=$4 warm=$5 secs=$6
+  tls_args
+  timeout -k 5 "$(limit_for "$publishers")" "$mqttv5" bench --url "$srv_url" "${tls[@]}" \
+    --payload-size "$payload_size" --mode throughput --qos "$q" --publishers "$publishers" \
+    --subscribers 1 --rate "$rate" --warmup "$warm" --duration "$secs" \
+    --topic "$srv_topic/$name" >"$work/$t-$name.json" 2>"$work/$t-$name.log" &
+  bg_pid=$!
+  bg_pids=("$bg_pid")
+  for _ in $(seq 1 $(( publishers / 5 + 120 ))); do # 0.5 s steps
+    grep -q '^measuring' "$work/$t-$name.log" 2>/dev/null && return 0
+    kill -0 "$bg_pid" 2>/dev/null || break
+    sleep 0.5
+  done
+  grep -q '^measuring' "$work/$t-$name.log"
+}
+
 # Time for N clients to connect one after another (mqttv5 bench does), then
 # warm up, measure, drain: generous, still bounded.
 limit_for() { echo $(( $1 / 10 + warmup + duration + 60 )); }
@@ -437,23 +459,12 @@ latency() { # TARGET
   # The load: the qos0 fan-in shape, paced at RATE, long enough to cover the
   # probe's warm-up and measurement.
   load_secs=$(( warmup + duration + 5 ))
-  tls_args
-  timeout -k 5 "$(limit_for "$publishers")" "$mqttv5" bench --url "$srv_url" "${tls[@]}" \
-    --payload-size "$payload_size" --mode throughput --qos 0 --publishers "$publishers" \
-    --subscribers 1 --rate "$rate" --warmup 1 --duration "$load_secs" \
-    --topic "$srv_topic/load" >"$work/$t-load.json" 2>"$work/$t-load.log" &
-  lpid=$!
-  bg_pids=("$lpid")
-  for _ in $(seq 1 $(( publishers / 5 + 120 ))); do # 0.5 s steps
-    grep -q '^measuring' "$work/$t-load.log" 2>/dev/null && break
-    kill -0 "$lpid" 2>/dev/null || break
-    sleep 0.5
-  done
-  if ! grep -q '^measuring' "$work/$t-load.log"; then
+  if ! start_fan_in "$t" load 0 "$rate" 1 "$load_secs"; then
     echo "  the background load did not start:" >&2; tail -n 5 "$work/$t-load.log" >&2
-    kill -TERM "$lpid" 2>/dev/null || true; wait "$lpid" 2>/dev/null || true
+    kill -TERM "$bg_pid" 2>/dev/null || true; wait "$bg_pid" 2>/dev/null || true
     return 1
   fi
+  lpid=$bg_pid
   bench "$t" latency "$(limit_for 2)" --mode latency --qos "$latency_qos" \
     --rate "$probe_rate" --duration "$duration" --warmup "$warmup" \
     --topic "$srv_topic/probe" || { wait "$lpid" 2>/dev/null || true; return 1; }
@@ -508,21 +519,10 @@ idle_conns() { # TARGET
 # The paced QoS 1 fan-in, and the server's CPU between the start of the
 # measured window (mqttv5 bench prints `measuring`) and the end of the run.
 qos1_cost() { # TARGET
-  local t=$1 bpid before after published ticks
-  tls_args
-  timeout -k 5 "$(limit_for "$publishers")" "$mqttv5" bench --url "$srv_url" "${tls[@]}" \
-    --payload-size "$payload_size" --mode throughput --qos 1 --publishers "$publishers" \
-    --subscribers 1 --rate "$cost_rate" --duration "$duration" --warmup "$warmup" \
-    --topic "$srv_topic/qos1cost" >"$work/$t-qos1cost.json" 2>"$work/$t-qos1cost.log" &
-  bpid=$!
-  bg_pids=("$bpid")
-  for _ in $(seq 1 $(( publishers / 5 + 120 ))); do # 0.5 s steps
-    grep -q '^measuring' "$work/$t-qos1cost.log" 2>/dev/null && break
-    kill -0 "$bpid" 2>/dev/null || break
-    sleep 0.5
-  done
+  local t=$1 before after published ticks measuring=1
+  start_fan_in "$t" qos1cost 1 "$cost_rate" "$warmup" "$duration" || measuring=0
   before=$(proc_ticks "$srv_pid")
-  if ! wait "$bpid" || ! grep -q '^measuring' "$work/$t-qos1cost.log"; then
+  if ! wait "$bg_pid" || [ "$measuring" = 0 ]; then
     bg_pids=()
     echo "  mqttv5 bench qos1cost failed against $t:" >&2
     tail -n 5 "$work/$t-qos1cost.log" >&2
