@@ -47,8 +47,7 @@ const BUSY_WITHIN: Duration = Duration::from_millis(2);
 /// Under load, a batch of fewer messages than this waits [`LINGER`] for
 /// more before it commits.
 const LINGER_BELOW: usize = 512;
-const LINGER: Duration = Duration::from_micros(LINGER_MICROS);
-const LINGER_MICROS: u64 = 500;
+const LINGER: Duration = Duration::from_micros(500);
 /// Messages (with their records) one expiry transaction deletes at most.
 pub(super) const EXPIRE_CHUNK: usize = 1000;
 
