@@ -7,6 +7,7 @@
 
 pub mod bus;
 pub mod retained;
+pub mod sessions;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};

@@ -13,6 +13,7 @@
 mod columns;
 mod read;
 mod retained;
+mod sessions;
 mod writer;
 
 use std::path::Path;
@@ -40,7 +41,11 @@ const READER_STATEMENTS: usize = 64;
 const READER_CACHE_KIB: i64 = 64 * 1024;
 
 /// The schema's versions, applied in order and tracked by `user_version`.
-const SCHEMA: &[&str] = &[include_str!("schema.sql"), include_str!("schema_v2.sql")];
+const SCHEMA: &[&str] = &[
+    include_str!("schema.sql"),
+    include_str!("schema_v2.sql"),
+    include_str!("schema_v3.sql"),
+];
 
 /// [`MessageStore`] on an SQLCipher file.
 pub struct SqliteMessageStore {

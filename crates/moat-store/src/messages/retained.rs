@@ -15,16 +15,20 @@ impl RetainedStore for SqliteMessageStore {
         if changes.is_empty() {
             return Ok(());
         }
-        self.writer.apply_retained(changes).await
+        self.writer
+            .run("store retained messages", move |c| apply(c, &changes))
+            .await
     }
 
     async fn load_retained(&self, now: i64) -> Result<Vec<RetainedMessage>, StoreError> {
-        self.writer.load_retained(now).await
+        self.writer
+            .run("load retained messages", move |c| load(c, now))
+            .await
     }
 }
 
 /// Applies `changes` in order, in one transaction.
-pub(super) fn apply(conn: &mut Connection, changes: &[RetainedChange]) -> rusqlite::Result<()> {
+fn apply(conn: &mut Connection, changes: &[RetainedChange]) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     {
         let mut keep = tx.prepare_cached(
@@ -55,7 +59,7 @@ pub(super) fn apply(conn: &mut Connection, changes: &[RetainedChange]) -> rusqli
 }
 
 /// Deletes the expired retained messages and returns the others.
-pub(super) fn load(conn: &mut Connection, now: i64) -> rusqlite::Result<Vec<RetainedMessage>> {
+fn load(conn: &mut Connection, now: i64) -> rusqlite::Result<Vec<RetainedMessage>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.execute("DELETE FROM retained WHERE expires_at <= ?1", params![now])?;
     let kept = tx

@@ -836,3 +836,110 @@ async fn retained_messages_are_kept_per_topic_across_reopening_until_cleared_or_
     // The expired one is gone from the file, not just skipped.
     assert_eq!(store.load_retained(T0).await.unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn mqtt_sessions_are_kept_across_reopening_with_their_subscriptions_and_a_saved_queue_once() {
+    use moat_core::message::sessions::{
+        SessionChange, SessionKey, SessionStore, StoredSession, StoredSubscription,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let device: moat_core::DeviceId = uuid::Uuid::now_v7().into();
+    let key = |owner: Option<moat_core::DeviceId>, id: &str| SessionKey {
+        owner,
+        client_id: id.into(),
+    };
+    let sub = |filter: &str, options: u8, id: Option<u32>| StoredSubscription {
+        filter: filter.into(),
+        options,
+        id,
+    };
+    let subscribed = |k: SessionKey, s: StoredSubscription| SessionChange::Subscribed {
+        key: k,
+        subscription: s,
+    };
+    {
+        let store = open(dir.path());
+        assert!(store.load_sessions().await.unwrap().is_empty());
+        store
+            .apply_sessions(vec![
+                SessionChange::Connected {
+                    key: key(Some(device), "a"),
+                    expiry: 60,
+                    fresh: true,
+                },
+                subscribed(key(Some(device), "a"), sub("x/#", 1, Some(7))),
+                subscribed(key(Some(device), "a"), sub("y", 0, None)),
+                // Replaces the options of "y".
+                subscribed(key(Some(device), "a"), sub("y", 2, None)),
+                subscribed(key(Some(device), "a"), sub("z", 0, None)),
+                SessionChange::Unsubscribed {
+                    key: key(Some(device), "a"),
+                    filter: "z".into(),
+                },
+                // The same client id without a device: another session.
+                SessionChange::Connected {
+                    key: key(None, "a"),
+                    expiry: 5,
+                    fresh: true,
+                },
+                subscribed(key(None, "a"), sub("dev/+", 0, None)),
+                SessionChange::Disconnected {
+                    key: key(None, "a"),
+                    at: T0,
+                    expiry: 10,
+                },
+                SessionChange::Saved {
+                    key: key(None, "a"),
+                    queue: b"queued".to_vec(),
+                },
+                // Changes to sessions the store lacks do nothing.
+                subscribed(key(Some(device), "nobody"), sub("q", 0, None)),
+                SessionChange::Connected {
+                    key: key(Some(device), "gone"),
+                    expiry: 60,
+                    fresh: true,
+                },
+                subscribed(key(Some(device), "gone"), sub("q", 0, None)),
+                SessionChange::Ended(key(Some(device), "gone")),
+            ])
+            .await
+            .unwrap();
+    }
+    let store = open(dir.path());
+    let mut loaded = store.load_sessions().await.unwrap();
+    loaded.sort_by_key(|s| s.key.owner.is_some());
+    assert_eq!(
+        loaded,
+        vec![
+            StoredSession {
+                key: key(None, "a"),
+                expiry: 10,
+                ended_at: Some(T0),
+                subscriptions: vec![sub("dev/+", 0, None)],
+                queue: Some(b"queued".to_vec()),
+            },
+            StoredSession {
+                key: key(Some(device), "a"),
+                expiry: 60,
+                ended_at: None,
+                subscriptions: vec![sub("x/#", 1, Some(7)), sub("y", 2, None)],
+                queue: None,
+            },
+        ]
+    );
+    // A saved queue is handed out once.
+    let again = store.load_sessions().await.unwrap();
+    assert!(again.iter().all(|s| s.queue.is_none()));
+    // A fresh session of the same key forgets the old one's subscriptions.
+    store
+        .apply_sessions(vec![SessionChange::Connected {
+            key: key(Some(device), "a"),
+            expiry: 30,
+            fresh: true,
+        }])
+        .await
+        .unwrap();
+    let fresh = store.load_sessions().await.unwrap();
+    let a = fresh.iter().find(|s| s.key.owner.is_some()).unwrap();
+    assert_eq!((a.expiry, a.subscriptions.len()), (30, 0));
+}

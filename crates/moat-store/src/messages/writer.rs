@@ -28,7 +28,6 @@ use std::time::{Duration, Instant};
 
 use moat_core::ChannelId;
 use moat_core::message::Message;
-use moat_core::message::retained::{RetainedChange, RetainedMessage};
 use moat_core::store::StoreError;
 use rusqlite::{Connection, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
@@ -56,21 +55,14 @@ type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 enum Request {
     Append(Append),
     Expire(Expiry),
-    Retained(RetainedJob),
+    Job(Job),
 }
 
-/// Work on the retained messages: small and rare next to appends, so each
-/// runs in its own transaction after the batch it arrived with.
-enum RetainedJob {
-    Apply {
-        changes: Vec<RetainedChange>,
-        reply: Reply<()>,
-    },
-    Load {
-        now: i64,
-        reply: Reply<Vec<RetainedMessage>>,
-    },
-}
+/// Other work on the write connection — the broker's retained messages and
+/// sessions: small and rare next to appends, so each runs (in its own
+/// transaction) after the batch it arrived with. It answers its caller
+/// itself.
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
 struct Append {
     messages: Vec<Arc<Message>>,
@@ -103,7 +95,7 @@ impl Writer {
             conn,
             requests,
             expiries: VecDeque::new(),
-            retained: Vec::new(),
+            jobs: Vec::new(),
             batches: Arc::clone(&batches),
         };
         let handle = std::thread::Builder::new()
@@ -136,22 +128,23 @@ impl Writer {
         self.request(Request::Expire(expiry), done).await
     }
 
-    pub(super) async fn apply_retained(
+    /// Runs `job` on the write connection, after the batch of appends it
+    /// arrives with, and returns what it returned; `what` names it in the
+    /// log should it fail.
+    pub(super) async fn run<T: Send + 'static>(
         &self,
-        changes: Vec<RetainedChange>,
-    ) -> Result<(), StoreError> {
+        what: &'static str,
+        job: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
         let (reply, done) = oneshot::channel();
-        self.request(
-            Request::Retained(RetainedJob::Apply { changes, reply }),
-            done,
-        )
-        .await
-    }
-
-    pub(super) async fn load_retained(&self, now: i64) -> Result<Vec<RetainedMessage>, StoreError> {
-        let (reply, done) = oneshot::channel();
-        self.request(Request::Retained(RetainedJob::Load { now, reply }), done)
-            .await
+        let job: Job = Box::new(move |conn| {
+            let r = job(conn).map_err(|e| {
+                tracing::error!(error = %e, "cannot {what}");
+                backend(e)
+            });
+            let _ = reply.send(r);
+        });
+        self.request(Request::Job(job), done).await
     }
 
     async fn request<T>(
@@ -192,8 +185,8 @@ struct Thread {
     /// Expiries in progress, oldest first; one chunk of the first runs after
     /// each batch.
     expiries: VecDeque<Expiry>,
-    /// Retained-message jobs taken with the current batch, in order.
-    retained: Vec<RetainedJob>,
+    /// Jobs taken with the current batch, in order.
+    jobs: Vec<Job>,
     batches: Arc<AtomicU64>,
 }
 
@@ -230,8 +223,8 @@ impl Thread {
                 self.commit(batch, size);
                 last_commit = Some((Instant::now(), shared));
             }
-            for job in std::mem::take(&mut self.retained) {
-                self.retained_job(job);
+            for job in std::mem::take(&mut self.jobs) {
+                job(&mut self.conn);
             }
             self.expire_step();
         }
@@ -259,7 +252,7 @@ impl Thread {
                     batch.push(a);
                 }
                 Request::Expire(e) => self.expiries.push_back(e),
-                Request::Retained(j) => self.retained.push(j),
+                Request::Job(j) => self.jobs.push(j),
             }
             if *size >= MAX_BATCH {
                 break;
@@ -289,21 +282,6 @@ impl Thread {
                 for append in batch {
                     let _ = append.reply.send(Err(StoreError::Backend(e.clone())));
                 }
-            }
-        }
-    }
-
-    fn retained_job(&mut self, job: RetainedJob) {
-        match job {
-            RetainedJob::Apply { changes, reply } => {
-                let r = super::retained::apply(&mut self.conn, &changes).map_err(|e| {
-                    tracing::error!(error = %e, "cannot store retained messages");
-                    backend(e)
-                });
-                let _ = reply.send(r);
-            }
-            RetainedJob::Load { now, reply } => {
-                let _ = reply.send(super::retained::load(&mut self.conn, now).map_err(backend));
             }
         }
     }

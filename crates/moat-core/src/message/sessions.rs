@@ -1,0 +1,90 @@
+//! MQTT persistent sessions kept across restarts: the store's side. The
+//! broker owns what a session means (its subscriptions' options, its queue's
+//! packets) and holds sessions in memory; the store keeps a copy of those
+//! that outlive their connection, to rebuild them at the next start
+//! (ADR 007).
+
+use async_trait::async_trait;
+
+use crate::ids::DeviceId;
+use crate::store::StoreError;
+
+/// Which session: a client id within its device (`None`: an anonymous
+/// client, development mode only).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SessionKey {
+    pub owner: Option<DeviceId>,
+    pub client_id: String,
+}
+
+/// One subscription of a session, as the store keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredSubscription {
+    pub filter: String,
+    /// The subscription's options, packed by the broker; opaque here.
+    pub options: u8,
+    /// Its MQTT 5 Subscription Identifier.
+    pub id: Option<u32>,
+}
+
+/// A session as it was kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredSession {
+    pub key: SessionKey,
+    /// The Session Expiry Interval, in seconds.
+    pub expiry: u32,
+    /// When its last connection ended, µs since the Unix epoch; `None` if
+    /// it was connected when the server stopped without saying so.
+    pub ended_at: Option<i64>,
+    pub subscriptions: Vec<StoredSubscription>,
+    /// What it held at the last graceful stop — its queue and
+    /// unacknowledged packets, encoded by the broker; `None` otherwise.
+    pub queue: Option<Vec<u8>>,
+}
+
+/// One change to the sessions kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionChange {
+    /// A connection began or resumed the session. `fresh`: a new session,
+    /// which forgets what an older one of the same key had.
+    Connected {
+        key: SessionKey,
+        expiry: u32,
+        fresh: bool,
+    },
+    /// Adds a subscription, or replaces the one with the same filter.
+    Subscribed {
+        key: SessionKey,
+        subscription: StoredSubscription,
+    },
+    Unsubscribed {
+        key: SessionKey,
+        filter: String,
+    },
+    /// Its connection ended at `at` (µs since the Unix epoch); the session
+    /// lasts `expiry` seconds from then.
+    Disconnected {
+        key: SessionKey,
+        at: i64,
+        expiry: u32,
+    },
+    /// What the session holds, saved at a graceful stop.
+    Saved {
+        key: SessionKey,
+        queue: Vec<u8>,
+    },
+    /// The session ended: it and its subscriptions go.
+    Ended(SessionKey),
+}
+
+#[async_trait]
+pub trait SessionStore: Send + Sync + 'static {
+    /// Applies `changes` in their order, in one transaction; returns once
+    /// they are durable. A change to a session the store does not have
+    /// (other than `Connected`) does nothing.
+    async fn apply_sessions(&self, changes: Vec<SessionChange>) -> Result<(), StoreError>;
+    /// Every session kept, with its subscriptions and saved queue; the
+    /// saved queues are dropped from the store as they are returned, so
+    /// that a crash after this start never replays them twice.
+    async fn load_sessions(&self) -> Result<Vec<StoredSession>, StoreError>;
+}

@@ -1,0 +1,20 @@
+-- Version 3: MQTT persistent sessions kept across restarts (ADR 007). The
+-- broker holds them in memory and writes changes behind; only sessions
+-- that outlive their connection (a Session Expiry Interval above zero)
+-- are here.
+CREATE TABLE mqtt_sessions (
+    owner     BLOB NOT NULL,    -- DeviceId, 16 bytes; empty: anonymous (development)
+    client_id TEXT NOT NULL,
+    expiry    INTEGER NOT NULL, -- Session Expiry Interval, seconds
+    ended_at  INTEGER,          -- µs since the Unix epoch; NULL while connected
+    queue     BLOB,             -- queue and unacknowledged packets saved at a graceful stop
+    PRIMARY KEY (owner, client_id)
+);
+CREATE TABLE mqtt_subscriptions (
+    owner     BLOB NOT NULL,
+    client_id TEXT NOT NULL,
+    filter    TEXT NOT NULL,
+    options   INTEGER NOT NULL, -- packed by the broker
+    id        INTEGER,          -- MQTT 5 Subscription Identifier
+    PRIMARY KEY (owner, client_id, filter)
+) WITHOUT ROWID;
