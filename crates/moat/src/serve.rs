@@ -102,10 +102,15 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Arc::clone(&sessions),
     );
     let retained = broker
-        .keep_retained(messages)
+        .keep_retained(Arc::clone(&messages) as _)
         .await
         .context("loading the MQTT retained messages")?;
     tracing::info!(retained, "MQTT retained messages loaded");
+    let restored = broker
+        .keep_sessions(messages)
+        .await
+        .context("loading the MQTT persistent sessions")?;
+    tracing::info!(restored, "MQTT persistent sessions restored");
     broker.start();
     let coap = Arc::new(moat_coap::Coap {
         config: config.coap(),
@@ -258,11 +263,15 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!("shutting down: no new connections; draining open ones");
     let _ = stop_tx.send(true);
     while servers.join_next().await.is_some() {}
-    if tokio::time::timeout(Duration::from_secs(5), broker.flush_retained())
+    let saved = async {
+        broker.flush_retained().await;
+        broker.save_sessions().await;
+    };
+    if tokio::time::timeout(Duration::from_secs(5), saved)
         .await
         .is_err()
     {
-        tracing::warn!("retained MQTT messages were still being written at shutdown");
+        tracing::warn!("MQTT retained messages or sessions were still being written at shutdown");
     }
     tracing::info!("stopped");
     Ok(())

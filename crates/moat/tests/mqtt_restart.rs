@@ -1,6 +1,8 @@
-//! What the MQTT broker keeps across a restart of the real binary: retained
-//! messages, with their MQTT 5 properties and expiry, written behind into
-//! the message database and loaded at start.
+//! What the MQTT broker keeps across a restart of the real binary, written
+//! behind into the message database and loaded at start: retained
+//! messages, with their MQTT 5 properties and expiry; persistent sessions
+//! with their subscriptions, and — after a graceful stop — their queues
+//! and unacknowledged deliveries.
 
 mod common;
 
@@ -10,6 +12,7 @@ use bytes::Bytes;
 use common::messages::opaque_channel_and_device;
 use common::mqtt::*;
 use common::{Api, Options, Server};
+use rumqttc::v5::AsyncClient;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, PublishProperties};
 
@@ -148,4 +151,205 @@ async fn a_graceful_stop_writes_the_retained_messages_still_behind() {
             break;
         }
     }
+}
+
+/// Waits until the store has taken `n` changes to sessions (they are
+/// written behind).
+async fn session_writes(server: &Server, n: u64) {
+    let started = Instant::now();
+    while counter(server, "moat_mqtt_session_writes_total").await < n {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "session changes not written"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Connects `opts` and returns the client, its event loop and whether the
+/// CONNACK said the session was present.
+async fn connect_v5(opts: rumqttc::v5::MqttOptions) -> (AsyncClient, rumqttc::v5::EventLoop, bool) {
+    let (client, mut events) = AsyncClient::new(opts, 16);
+    match next_v5(&mut events, 10).await.unwrap() {
+        Packet::ConnAck(c) => (client, events, c.session_present),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+}
+
+/// The payloads of the next `n` PUBLISHes, and whether each was a DUP.
+async fn receive(events: &mut rumqttc::v5::EventLoop, n: usize) -> Vec<(String, bool)> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        match next_v5(events, 10).await {
+            Ok(Packet::Publish(p)) => {
+                got.push((String::from_utf8_lossy(&p.payload).into_owned(), p.dup))
+            }
+            Ok(_) => {}
+            Err(e) => panic!("after {got:?}: {e}"),
+        }
+    }
+    got
+}
+
+/// Publishes QoS 1 messages and waits for their PUBACKs.
+async fn publish_all(
+    server: &Server,
+    dev: &common::messages::Publisher,
+    topic: &str,
+    payloads: &[&str],
+) {
+    let (pubc, mut events, _) =
+        connect_v5(v5_with_key(server, "publisher", &dev.device, &dev.key)).await;
+    for p in payloads {
+        pubc.publish(topic, QoS::AtLeastOnce, false, p.to_string())
+            .await
+            .unwrap();
+    }
+    let mut acks = 0;
+    while acks < payloads.len() {
+        if let Packet::PubAck(a) = next_v5(&mut events, 10).await.unwrap() {
+            assert_eq!(a.reason, PubAckReason::Success, "{a:?}");
+            acks += 1;
+        }
+    }
+}
+
+/// A persistent session goes offline holding a delivery it never
+/// acknowledged, two more messages queue up, and the server restarts
+/// gracefully: the client comes back to its session, gets the
+/// unacknowledged one again (DUP) and the queued ones, in order, and its
+/// subscription goes on delivering.
+#[tokio::test]
+async fn a_persistent_session_survives_a_graceful_restart_with_its_queue() {
+    let server = Server::start();
+    let admin = Api::bearer(&server, &server.admin_token().await);
+    let (channel, dev) = opaque_channel_and_device(&admin, "state", "gateway").await;
+    let topic = format!("channels/{channel}/messages/readings");
+    // The port changes with the restart.
+    let opts = |server: &Server| {
+        let mut o = v5_with_key(server, "keeper", &dev.device, &dev.key);
+        o.set_clean_start(false);
+        o.set_session_expiry_interval(Some(3600));
+        // The client acknowledges nothing: what it receives stays in flight.
+        o.set_manual_acks(true);
+        o
+    };
+
+    let (sub, mut events, present) = connect_v5(opts(&server)).await;
+    assert!(!present);
+    sub.subscribe(&topic, QoS::AtLeastOnce).await.unwrap();
+    loop {
+        if let Packet::SubAck(_) = next_v5(&mut events, 10).await.unwrap() {
+            break;
+        }
+    }
+    publish_all(&server, &dev, &topic, &["m0"]).await;
+    assert_eq!(receive(&mut events, 1).await, [("m0".to_owned(), false)]);
+    sub.disconnect().await.unwrap();
+    let _ = next_v5(&mut events, 2).await;
+    drop(events);
+    publish_all(&server, &dev, &topic, &["m1", "m2"]).await;
+    let dir = server.stop();
+
+    let server = Server::start_in(dir, Options::default());
+    let (_sub, mut events, present) = connect_v5(opts(&server)).await;
+    assert!(present, "the session is back");
+    assert_eq!(
+        receive(&mut events, 3).await,
+        [
+            ("m0".to_owned(), true),
+            ("m1".to_owned(), false),
+            ("m2".to_owned(), false)
+        ]
+    );
+    publish_all(&server, &dev, &topic, &["m3"]).await;
+    assert_eq!(receive(&mut events, 1).await, [("m3".to_owned(), false)]);
+}
+
+/// Mosquitto's own client (MQTT 3.1.1, clean session off) subscribes and
+/// leaves; the power is cut; after the restart a message published while
+/// it is away waits in its session — which it could only if the
+/// subscription came back — and reaches it when it returns.
+#[tokio::test]
+async fn a_persistent_sessions_subscription_survives_a_power_cut() {
+    let server = Server::start();
+    let admin = Api::bearer(&server, &server.admin_token().await);
+    let (channel, dev) = opaque_channel_and_device(&admin, "state", "gateway").await;
+    let topic = format!("channels/{channel}/messages/cut");
+    // The port changes with the restart.
+    let sub_args = |server: &Server, wait: &str| -> Vec<String> {
+        let (host, port) = server.mqtt.rsplit_once(':').unwrap();
+        [
+            "-h",
+            host,
+            "-p",
+            port,
+            "--cafile",
+            &server.ca_path().display().to_string(),
+            "-u",
+            &dev.device,
+            "-P",
+            &dev.key,
+            "-i",
+            "survivor",
+            "-c",
+            "-q",
+            "1",
+            "-t",
+            &topic,
+            "-C",
+            "1",
+            "-W",
+            wait,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    // Subscribes, hears nothing within a second, leaves.
+    let first = mosquitto("mosquitto_sub", &sub_args(&server, "1"));
+    assert!(first.stdout.is_empty(), "{first:?}");
+    // Connected, subscribed, disconnected: in the store.
+    session_writes(&server, 3).await;
+    let dir = server.kill();
+
+    let server = Server::start_in(dir, Options::default());
+    publish_all(&server, &dev, &topic, &["while away"]).await;
+    let back = mosquitto("mosquitto_sub", &sub_args(&server, "10"));
+    assert!(back.status.success(), "{back:?}");
+    assert_eq!(String::from_utf8_lossy(&back.stdout).trim(), "while away");
+}
+
+/// A session whose expiry passes while the server is down does not come
+/// back.
+#[tokio::test]
+async fn a_session_that_expired_while_the_server_was_down_is_gone() {
+    let server = Server::start();
+    let admin = Api::bearer(&server, &server.admin_token().await);
+    let (channel, dev) = opaque_channel_and_device(&admin, "state", "gateway").await;
+    let opts = |server: &Server| {
+        let mut o = v5_with_key(server, "brief", &dev.device, &dev.key);
+        o.set_clean_start(false);
+        o.set_session_expiry_interval(Some(1));
+        o
+    };
+    let (sub, mut events, _) = connect_v5(opts(&server)).await;
+    sub.subscribe(format!("channels/{channel}/messages/#"), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    loop {
+        if let Packet::SubAck(_) = next_v5(&mut events, 10).await.unwrap() {
+            break;
+        }
+    }
+    sub.disconnect().await.unwrap();
+    let _ = next_v5(&mut events, 2).await;
+    session_writes(&server, 3).await;
+    let dir = server.kill();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    let server = Server::start_in(dir, Options::default());
+    assert!(counter(&server, "moat_mqtt_sessions_expired_total").await >= 1);
+    let (_sub, _events, present) = connect_v5(opts(&server)).await;
+    assert!(!present);
 }

@@ -126,6 +126,22 @@ impl Broker {
         }
     }
 
+    /// Who `device` acts as; `None` if its tenant is gone.
+    pub(crate) async fn principal_of(
+        &self,
+        device: &moat_core::Device,
+    ) -> Result<Option<Principal>, moat_core::store::StoreError> {
+        Ok(self
+            .store
+            .tenant(device.tenant_id)
+            .await?
+            .map(|t| Principal {
+                subject: Subject::Device(device.id),
+                tenant: t.path,
+                role: None,
+            }))
+    }
+
     /// Whether `session` may subscribe to a filter reaching `scope`; a
     /// subscription that reaches channels records which ones the session
     /// may read.

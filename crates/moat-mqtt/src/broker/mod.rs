@@ -11,6 +11,8 @@
 //! slow subscriber neither stalls the others nor grows memory.
 
 mod access;
+mod behind;
+mod persist;
 mod publish;
 mod retained;
 mod session;
@@ -27,8 +29,10 @@ use moat_core::store::Store;
 use moat_core::throttle::{Policy, Throttle};
 use mqtt_protocol_core::mqtt::ArcPayload;
 use mqtt_protocol_core::mqtt::packet::{
-    ContentType, PayloadFormat, PayloadFormatIndicator, Property,
+    ContentType, MessageExpiryInterval, PayloadFormat, PayloadFormatIndicator, Property, Qos,
+    SubscriptionIdentifier, v5_0,
 };
+use mqtt_protocol_core::mqtt::result_code::MqttError;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
@@ -160,6 +164,44 @@ pub(crate) struct Delivery {
     pub subscription_ids: Vec<u32>,
 }
 
+impl Delivery {
+    /// This delivery as an MQTT 5 PUBLISH: its subscription identifiers,
+    /// and the expiry interval `remaining` (at least a second) among its
+    /// properties.
+    pub(crate) fn v5_publish(
+        &self,
+        packet_id: Option<u16>,
+        remaining: Option<Duration>,
+    ) -> Result<v5_0::Publish, MqttError> {
+        let mut props = self.msg.props.clone();
+        for id in &self.subscription_ids {
+            if let Ok(s) = SubscriptionIdentifier::new(*id) {
+                props.push(Property::SubscriptionIdentifier(s));
+            }
+        }
+        if let Some(r) = remaining {
+            let secs = r.as_secs().max(1).min(u64::from(u32::MAX)) as u32;
+            if let Ok(e) = MessageExpiryInterval::new(secs) {
+                props.push(Property::MessageExpiryInterval(e));
+            }
+        }
+        let qos = match self.qos {
+            0 => Qos::AtMostOnce,
+            1 => Qos::AtLeastOnce,
+            _ => Qos::ExactlyOnce,
+        };
+        let mut b = v5_0::Publish::builder()
+            .qos(qos)
+            .retain(self.retain)
+            .payload(self.msg.payload.clone())
+            .props(props);
+        if let Some(id) = packet_id {
+            b = b.packet_id(id);
+        }
+        b.topic_name(&*self.msg.topic)?.build()
+    }
+}
+
 /// A subscription's options as the trie keeps them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct SubOptions {
@@ -201,6 +243,9 @@ pub struct Broker {
     pub(crate) retained: Retained,
     /// Wills waiting for their delay, by session id.
     delayed_wills: Mutex<HashMap<u64, Will>>,
+    /// Changes to persistent sessions, written behind once there is a
+    /// store ([`Broker::keep_sessions`]).
+    sessions_behind: behind::WriteBehind<moat_core::message::sessions::SessionChange>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -244,6 +289,7 @@ impl Broker {
             trie: RwLock::new(SubscriptionTrie::new()),
             retained: Retained::default(),
             delayed_wills: Mutex::default(),
+            sessions_behind: behind::WriteBehind::default(),
         })
     }
 
@@ -360,6 +406,9 @@ impl Broker {
                 .is_some_and(|s| s.id == session.id)
             {
                 clients.remove(&session.key);
+                // Under the map's lock: a newer session of the same key
+                // is written after this.
+                self.session_ended(session);
             }
         }
         if removed {

@@ -13,7 +13,7 @@
 //! topics still update.
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use moat_core::message::retained::{RetainedChange, RetainedMessage, RetainedStore};
@@ -22,32 +22,27 @@ use mqtt_protocol_core::mqtt::ArcPayload;
 use mqtt_protocol_core::mqtt::packet::{
     Properties, PropertiesParse, Property, VariableByteInteger,
 };
-use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::behind::WriteBehind;
 use super::{Broker, Routed};
 use crate::topic::filter_matches;
 
 /// Topics with a retained message, at most.
 pub(crate) const MAX_RETAINED: usize = 100_000;
-/// Changes one write to the store takes at most.
-const WRITE_BATCH: usize = 1024;
-
 #[derive(Debug, Default)]
 pub(crate) struct Retained {
     by_topic: RwLock<HashMap<Arc<str>, Arc<Routed>>>,
     /// Where changes go to be written behind, once there is a store.
-    persist: OnceLock<mpsc::UnboundedSender<Behind>>,
+    persist: WriteBehind<Behind>,
 }
 
-/// What the write-behind task takes, in order.
+/// A change, as the write-behind task takes it.
 #[derive(Debug)]
 enum Behind {
     /// Converted for the store by the task, not on the publisher's path.
     Keep(Arc<Routed>),
     Clear(Arc<str>),
-    /// Answered once every change sent before it is in the store.
-    Flush(oneshot::Sender<()>),
 }
 
 impl Retained {
@@ -70,9 +65,7 @@ impl Retained {
         };
         // Sent under the map's lock, so the store sees the changes in the
         // order the map took them.
-        if let Some(tx) = self.persist.get() {
-            let _ = tx.send(change);
-        }
+        self.persist.send(change);
     }
 
     /// The retained messages whose topic `filter` matches, unexpired.
@@ -89,24 +82,16 @@ impl Retained {
     /// From now on, writes every change behind into `store`, in order,
     /// from one task.
     fn write_behind(&self, store: Arc<dyn RetainedStore>) -> Result<(), StoreError> {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        if self.persist.set(tx).is_err() {
-            return Err(StoreError::Backend(
-                "retained messages are already kept in a store".into(),
-            ));
-        }
-        tokio::spawn(async move {
-            let mut taken = Vec::new();
-            while rx.recv_many(&mut taken, WRITE_BATCH).await > 0 {
-                let mut changes = Vec::with_capacity(taken.len());
-                let mut flushes = Vec::new();
-                for b in taken.drain(..) {
-                    match b {
-                        Behind::Keep(m) => changes.push(RetainedChange::Keep(to_stored(&m))),
-                        Behind::Clear(t) => changes.push(RetainedChange::Clear(t.to_string())),
-                        Behind::Flush(done) => flushes.push(done),
-                    }
-                }
+        let started = self.persist.start(move |taken: Vec<Behind>| {
+            let store = Arc::clone(&store);
+            async move {
+                let changes: Vec<RetainedChange> = taken
+                    .into_iter()
+                    .map(|b| match b {
+                        Behind::Keep(m) => RetainedChange::Keep(to_stored(&m)),
+                        Behind::Clear(t) => RetainedChange::Clear(t.to_string()),
+                    })
+                    .collect();
                 let n = changes.len() as u64;
                 match store.apply_retained(changes).await {
                     Ok(()) => {
@@ -117,23 +102,14 @@ impl Retained {
                         tracing::error!(error = %e, changes = n, "could not store retained messages");
                     }
                 }
-                for done in flushes {
-                    let _ = done.send(());
-                }
             }
         });
-        Ok(())
-    }
-
-    /// Waits until every change made so far is in the store (or its write
-    /// failed); at once when there is no store.
-    async fn flush(&self) {
-        let Some(tx) = self.persist.get() else {
-            return;
-        };
-        let (done, flushed) = oneshot::channel();
-        if tx.send(Behind::Flush(done)).is_ok() {
-            let _ = flushed.await;
+        if started {
+            Ok(())
+        } else {
+            Err(StoreError::Backend(
+                "retained messages are already kept in a store".into(),
+            ))
         }
     }
 
@@ -183,7 +159,7 @@ impl Broker {
     /// the store (or its write failed): at shutdown, once the connections
     /// are closed and their wills published.
     pub async fn flush_retained(&self) {
-        self.retained.flush().await;
+        self.retained.persist.flush().await;
     }
 }
 
@@ -300,7 +276,7 @@ mod tests {
         // Served from memory at once; in the store only later.
         assert_eq!(retained.matching("#").len(), 1);
         assert!(store.0.lock().unwrap().is_empty());
-        retained.flush().await;
+        retained.persist.flush().await;
         let written = store.0.lock().unwrap().clone();
         let topics: Vec<_> = written
             .iter()

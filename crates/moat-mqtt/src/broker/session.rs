@@ -75,6 +75,9 @@ pub(crate) struct Session {
     pub principal: Option<Principal>,
     tx: mpsc::Sender<Delivery>,
     online: AtomicBool,
+    /// Whether the store keeps it (it outlives its connection, and the
+    /// broker keeps sessions in a store).
+    pub persisted: AtomicBool,
     pub state: Mutex<SessionState>,
     /// Held by a connection while it claims the session (takeover).
     pub claim: tokio::sync::Mutex<()>,
@@ -106,6 +109,7 @@ impl Session {
             principal,
             tx,
             online: AtomicBool::new(false),
+            persisted: AtomicBool::new(false),
             state: Mutex::new(SessionState {
                 rx: Some(rx),
                 ..SessionState::default()

@@ -207,6 +207,8 @@ impl<W: AsyncWrite + Unpin + Send> Conn<W> {
         let (session, session_present) = self
             .claim(key, principal.clone(), c.clean_start, expiry)
             .await;
+        self.broker
+            .session_connected(&session, expiry, !session_present);
 
         // The session's unacknowledged packets go back into the engine,
         // which resends them once the CONNACK is out.
@@ -382,8 +384,8 @@ impl<W: AsyncWrite + Unpin + Send> Conn<W> {
         match result {
             Ok(None) => Ok(None),
             Ok(Some(device)) => {
-                let tenant = match self.broker.store.tenant(device.tenant_id).await {
-                    Ok(Some(t)) => t.path,
+                let principal = match self.broker.principal_of(&device).await {
+                    Ok(Some(p)) => p,
                     Ok(None) => return Err(refusal(NOT_AUTHORIZED, "the device's tenant is gone")),
                     Err(e) => {
                         tracing::error!(error = %e, "could not read a tenant");
@@ -391,11 +393,7 @@ impl<W: AsyncWrite + Unpin + Send> Conn<W> {
                     }
                 };
                 self.broker.sources.success(&source);
-                Ok(Some(Principal {
-                    subject: Subject::Device(device.id),
-                    tenant,
-                    role: None,
-                }))
+                Ok(Some(principal))
             }
             Err(DeviceAuthError::Refused(r)) => {
                 self.broker
@@ -609,6 +607,7 @@ impl<W: AsyncWrite + Unpin + Send> Conn<W> {
         if !persists {
             self.broker.remove(&session);
         } else {
+            self.broker.session_disconnected(&session, expiry);
             self.broker.expire_later(&session, generation, expiry);
         }
     }

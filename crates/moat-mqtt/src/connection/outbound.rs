@@ -5,9 +5,7 @@
 use std::sync::Arc;
 
 use mqtt_protocol_core::mqtt;
-use mqtt_protocol_core::mqtt::packet::{
-    MessageExpiryInterval, Property, Qos, SubOpts, SubscriptionIdentifier, v3_1_1, v5_0,
-};
+use mqtt_protocol_core::mqtt::packet::{Qos, SubOpts, v3_1_1, v5_0};
 use mqtt_protocol_core::mqtt::result_code::{
     PubrelReasonCode, SubackReasonCode, SubackReturnCode, UnsubackReasonCode,
 };
@@ -82,6 +80,7 @@ impl<W: AsyncWrite + Unpin + Send> Conn<W> {
             match added {
                 Ok(how) => {
                     metrics::counter!("moat_mqtt_subscriptions_total").increment(1);
+                    self.broker.session_subscribed(&session, &filter, &sub);
                     codes.push(qos);
                     let send_retained = parsed.share_name.is_none()
                         && match sub.retain_handling {
@@ -148,18 +147,22 @@ impl<W: AsyncWrite + Unpin + Send> Conn<W> {
         if packet_id == 0 {
             return self.violation(0x81, "packet identifier 0");
         }
-        let session = open.session.id;
+        let session = Arc::clone(&open.session);
         let v5 = open.version == mqtt::Version::V5_0;
         let mut codes = Vec::with_capacity(filters.len());
-        {
-            let mut trie = self.broker.trie.write().unwrap_or_else(|p| p.into_inner());
-            for f in &filters {
-                codes.push(if trie.unsubscribe(session, f) {
-                    UnsubackReasonCode::Success
-                } else {
-                    UnsubackReasonCode::NoSubscriptionExisted
-                });
-            }
+        for f in &filters {
+            let removed = self
+                .broker
+                .trie
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .unsubscribe(session.id, f);
+            codes.push(if removed {
+                self.broker.session_unsubscribed(&session, f);
+                UnsubackReasonCode::Success
+            } else {
+                UnsubackReasonCode::NoSubscriptionExisted
+            });
         }
         let events = if v5 {
             v5_0::Unsuback::builder()
@@ -263,28 +266,7 @@ impl<W: AsyncWrite + Unpin + Send> Conn<W> {
         let qos = qos_of(d.qos);
         let topic: &str = &d.msg.topic;
         let packet = if v5 {
-            let mut props = d.msg.props.clone();
-            for id in &d.subscription_ids {
-                if let Ok(s) = SubscriptionIdentifier::new(*id) {
-                    props.push(Property::SubscriptionIdentifier(s));
-                }
-            }
-            if let Some(r) = remaining {
-                let secs = r.as_secs().max(1).min(u64::from(u32::MAX)) as u32;
-                if let Ok(e) = MessageExpiryInterval::new(secs) {
-                    props.push(Property::MessageExpiryInterval(e));
-                }
-            }
-            let mut b = v5_0::Publish::builder()
-                .qos(qos)
-                .retain(d.retain)
-                .payload(d.msg.payload.clone())
-                .props(props);
-            if let Some(id) = packet_id {
-                b = b.packet_id(id);
-            }
-            b.topic_name(topic)
-                .and_then(|b| b.build())
+            d.v5_publish(packet_id, remaining)
                 .map(mqtt::packet::GenericPacket::V5_0Publish)
         } else {
             let mut b = v3_1_1::Publish::builder()

@@ -1,0 +1,526 @@
+//! Persistent sessions across restarts (ADR 007). Sessions live in memory;
+//! once the broker is given a [`SessionStore`] ([`Broker::keep_sessions`])
+//! every change to a session that outlives its connection (Session Expiry
+//! Interval above zero) is written behind, in order: its start, its
+//! subscriptions, the end of its connection, its end. At a graceful stop
+//! each one's queue and unacknowledged packets are saved too
+//! ([`Broker::save_sessions`]). At the next start the sessions come back
+//! offline, each device checked again (a device revoked meanwhile has no
+//! session), each subscription authorized again as at SUBSCRIBE, and each
+//! expiry counting on from when the connection ended.
+//!
+//! A crash keeps the sessions and their subscriptions (up to the last few
+//! milliseconds of changes) but not what they had queued: those messages
+//! are in the channel's archive, which the device can read over HTTP.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use moat_core::authn::{self, DeviceAuthError};
+use moat_core::message::sessions::{
+    SessionChange, SessionKey, SessionStore, StoredSession, StoredSubscription,
+};
+use moat_core::store::StoreError;
+use mqtt_protocol_core::mqtt::common::HashSet as EngineSet;
+use mqtt_protocol_core::mqtt::packet::{
+    GenericPacket, GenericPacketTrait, Property, StorePacket, v3_1_1, v5_0,
+};
+use tokio::time::Instant;
+
+use super::{Broker, ClientKey, Delivery, Routed, Session, SubOptions};
+use crate::platform_topics;
+use crate::protocol::{Frame, frame};
+
+/// What a saved queue holds, entry by entry: a tag, the length (4 bytes,
+/// big-endian) and the bytes.
+mod tag {
+    /// A packet sent and not acknowledged, as the engine keeps it: an
+    /// MQTT 3.1.1 PUBLISH or PUBREL on the wire.
+    pub(super) const SENT_V3: u8 = 1;
+    /// The same, MQTT 5.
+    pub(super) const SENT_V5: u8 = 2;
+    /// A QoS 2 packet id received whose PUBREL has not come (2 bytes).
+    pub(super) const RECEIVED_QOS2: u8 = 3;
+    /// A queued delivery, as an MQTT 5 PUBLISH (its Subscription
+    /// Identifiers and the Message Expiry Interval left among its
+    /// properties).
+    pub(super) const QUEUED: u8 = 4;
+}
+
+/// A saved queue's entries at most: a bound on what a corrupt one makes
+/// the broker hold.
+const MAX_ENTRIES: usize = 1 << 20;
+
+/// What a session holds between connections, in the store's form.
+#[derive(Debug, Default)]
+pub(crate) struct Held {
+    pub stored: Vec<StorePacket>,
+    pub qos2: EngineSet<u16>,
+    pub queued: Vec<Delivery>,
+}
+
+impl Session {
+    /// Its key in the store.
+    fn store_key(&self) -> SessionKey {
+        SessionKey {
+            owner: self.key.owner,
+            client_id: self.key.client_id.clone(),
+        }
+    }
+}
+
+/// A subscription's options in a byte: QoS (bits 0–1), no local (2),
+/// retain as published (3), retain handling (4–5).
+pub(crate) fn pack(o: &SubOptions) -> u8 {
+    o.qos.min(2)
+        | u8::from(o.no_local) << 2
+        | u8::from(o.retain_as_published) << 3
+        | o.retain_handling.min(2) << 4
+}
+
+pub(crate) fn unpack(b: u8, id: Option<u32>) -> Option<SubOptions> {
+    let (qos, retain_handling) = (b & 3, (b >> 4) & 3);
+    if qos > 2 || retain_handling > 2 || b >> 6 != 0 {
+        return None;
+    }
+    Some(SubOptions {
+        qos,
+        no_local: b & 4 != 0,
+        retain_as_published: b & 8 != 0,
+        retain_handling,
+        id,
+    })
+}
+
+fn now_micros() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+fn entry(out: &mut Vec<u8>, tag: u8, bytes: &[u8]) {
+    out.push(tag);
+    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// Encodes what a session holds. Deliveries already expired are left out.
+pub(crate) fn encode(held: &Held) -> Vec<u8> {
+    let mut out = Vec::new();
+    for p in &held.stored {
+        let tag = match p {
+            StorePacket::V3_1_1Publish(_) | StorePacket::V3_1_1Pubrel(_) => tag::SENT_V3,
+            StorePacket::V5_0Publish(_) | StorePacket::V5_0Pubrel(_) => tag::SENT_V5,
+        };
+        let wire = GenericPacket::from(p.clone()).to_continuous_buffer();
+        entry(&mut out, tag, &wire);
+    }
+    for id in &held.qos2 {
+        entry(&mut out, tag::RECEIVED_QOS2, &id.to_be_bytes());
+    }
+    let now = Instant::now();
+    for d in &held.queued {
+        let remaining = match d.msg.expires_at {
+            Some(at) if at <= now => continue,
+            Some(at) => Some(at - now),
+            None => None,
+        };
+        let packet_id = (d.qos > 0).then_some(1);
+        if let Ok(p) = d.v5_publish(packet_id, remaining) {
+            entry(&mut out, tag::QUEUED, &p.to_continuous_buffer());
+        }
+    }
+    out
+}
+
+/// Decodes a saved queue; entries that do not decode are skipped and
+/// counted in the second value.
+pub(crate) fn decode(bytes: &[u8]) -> (Held, usize) {
+    let mut held = Held::default();
+    let mut skipped = 0;
+    let mut rest = bytes;
+    let mut entries = 0;
+    while !rest.is_empty() && entries < MAX_ENTRIES {
+        entries += 1;
+        let Some((&tag, after)) = rest.split_first() else {
+            break;
+        };
+        let Some(len) = after
+            .get(..4)
+            .map(|l| u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize)
+        else {
+            skipped += 1;
+            break;
+        };
+        let Some(body) = after.get(4..4 + len) else {
+            skipped += 1;
+            break;
+        };
+        rest = &after[4 + len..];
+        let ok = match tag {
+            tag::SENT_V3 | tag::SENT_V5 => match sent_packet(tag == tag::SENT_V5, body) {
+                Some(p) => {
+                    held.stored.push(p);
+                    true
+                }
+                None => false,
+            },
+            tag::RECEIVED_QOS2 => match body {
+                [a, b] => {
+                    held.qos2.insert(u16::from_be_bytes([*a, *b]));
+                    true
+                }
+                _ => false,
+            },
+            tag::QUEUED => match queued(body) {
+                Some(d) => {
+                    held.queued.push(d);
+                    true
+                }
+                None => false,
+            },
+            _ => false,
+        };
+        if !ok {
+            skipped += 1;
+        }
+    }
+    (held, skipped)
+}
+
+/// The flags and body of one whole packet on the wire.
+fn split_packet(wire: &[u8]) -> Option<(u8, u8, &[u8])> {
+    match frame(wire, wire.len().max(2)) {
+        Frame::Packet {
+            header_len,
+            total_len,
+        } if total_len == wire.len() => Some((wire[0] >> 4, wire[0] & 0x0f, &wire[header_len..])),
+        _ => None,
+    }
+}
+
+fn sent_packet(v5: bool, wire: &[u8]) -> Option<StorePacket> {
+    const PUBLISH: u8 = 3;
+    const PUBREL: u8 = 6;
+    let (kind, flags, body) = split_packet(wire)?;
+    match (kind, v5) {
+        (PUBLISH, false) => {
+            let (p, _) = v3_1_1::Publish::parse(flags, Arc::from(body)).ok()?;
+            StorePacket::try_from(p).ok()
+        }
+        (PUBLISH, true) => {
+            let (p, _) = v5_0::Publish::parse(flags, Arc::from(body)).ok()?;
+            StorePacket::try_from(p).ok()
+        }
+        (PUBREL, false) => {
+            let (p, _) = v3_1_1::Pubrel::parse(body).ok()?;
+            StorePacket::try_from(p).ok()
+        }
+        (PUBREL, true) => {
+            let (p, _) = v5_0::Pubrel::parse(body).ok()?;
+            StorePacket::try_from(p).ok()
+        }
+        _ => None,
+    }
+}
+
+fn queued(wire: &[u8]) -> Option<Delivery> {
+    let (kind, flags, body) = split_packet(wire)?;
+    if kind != 3 {
+        return None;
+    }
+    let (p, _) = v5_0::Publish::parse(flags, Arc::from(body)).ok()?;
+    let mut subscription_ids = Vec::new();
+    let mut expires_at = None;
+    let mut props = Vec::new();
+    for prop in p.props.iter() {
+        match prop {
+            Property::SubscriptionIdentifier(s) => subscription_ids.push(s.val()),
+            Property::MessageExpiryInterval(e) => {
+                expires_at = Some(Instant::now() + Duration::from_secs(u64::from(e.val())));
+            }
+            other => props.push(other.clone()),
+        }
+    }
+    let qos = p.qos() as u8;
+    let retain = p.retain();
+    Some(Delivery {
+        msg: Arc::new(Routed {
+            topic: p.topic_name().into(),
+            payload: p.payload().clone(),
+            qos,
+            retain,
+            props,
+            expires_at,
+            origin: None,
+        }),
+        qos,
+        retain,
+        subscription_ids,
+    })
+}
+
+/// The expiry interval as the store keeps it.
+fn seconds(d: Duration) -> u32 {
+    u32::try_from(d.as_secs()).unwrap_or(u32::MAX)
+}
+
+impl Broker {
+    /// Rebuilds the sessions `store` kept, and from now on writes every
+    /// change to a persistent session behind into it. Call once, before
+    /// the listeners start; returns how many sessions came back.
+    pub async fn keep_sessions(
+        self: &Arc<Self>,
+        store: Arc<dyn SessionStore>,
+    ) -> Result<usize, StoreError> {
+        let kept = store.load_sessions().await?;
+        let started = self.sessions_behind.start(move |changes| {
+            let store = Arc::clone(&store);
+            async move {
+                let n = changes.len() as u64;
+                match store.apply_sessions(changes).await {
+                    Ok(()) => metrics::counter!("moat_mqtt_session_writes_total").increment(n),
+                    Err(e) => {
+                        metrics::counter!("moat_mqtt_session_write_failures_total").increment(n);
+                        tracing::error!(error = %e, changes = n, "could not store MQTT sessions");
+                    }
+                }
+            }
+        });
+        if !started {
+            return Err(StoreError::Backend(
+                "sessions are already kept in a store".into(),
+            ));
+        }
+        let mut restored = 0;
+        for s in kept {
+            if self.restore(s).await {
+                restored += 1;
+            }
+        }
+        Ok(restored)
+    }
+
+    /// Brings one kept session back, offline; false if it is over (its
+    /// expiry passed, its device is gone or no longer active), in which
+    /// case the store forgets it.
+    async fn restore(self: &Arc<Self>, s: StoredSession) -> bool {
+        let now = now_micros();
+        let expiry = Duration::from_secs(u64::from(s.expiry)).min(self.config.max_session_expiry);
+        let ended_at = s.ended_at.unwrap_or(now);
+        let ends_at =
+            ended_at.saturating_add(i64::try_from(expiry.as_micros()).unwrap_or(i64::MAX));
+        let key = s.key;
+        if expiry.is_zero() || ends_at <= now {
+            metrics::counter!("moat_mqtt_sessions_expired_total").increment(1);
+            self.sessions_behind.send(SessionChange::Ended(key));
+            return false;
+        }
+        let principal = match key.owner {
+            None if self.config.open_topics => None,
+            None => {
+                self.sessions_behind.send(SessionChange::Ended(key));
+                return false;
+            }
+            Some(device) => {
+                match authn::active_device(self.store.as_ref(), device, "session").await {
+                    Ok(d) => match self.principal_of(&d).await {
+                        Ok(Some(p)) => Some(p),
+                        Ok(None) => {
+                            self.sessions_behind.send(SessionChange::Ended(key));
+                            return false;
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "could not read a tenant; a session stays kept, not restored");
+                            return false;
+                        }
+                    },
+                    Err(DeviceAuthError::Refused(_)) => {
+                        self.sessions_behind.send(SessionChange::Ended(key));
+                        return false;
+                    }
+                    Err(DeviceAuthError::Store(e)) => {
+                        tracing::error!(error = %e, "could not read a device; a session stays kept, not restored");
+                        return false;
+                    }
+                }
+            }
+        };
+        let client_key = ClientKey {
+            owner: key.owner,
+            client_id: key.client_id.clone(),
+        };
+        let session = self.open_session(client_key, principal, expiry);
+        session.persisted.store(true, Ordering::Relaxed);
+        for sub in s.subscriptions {
+            if !self.resubscribe(&session, &sub).await {
+                metrics::counter!("moat_mqtt_session_subscriptions_dropped_total").increment(1);
+                self.sessions_behind.send(SessionChange::Unsubscribed {
+                    key: key.clone(),
+                    filter: sub.filter,
+                });
+            }
+        }
+        if let Some(bytes) = s.queue {
+            let (held, skipped) = decode(&bytes);
+            if skipped > 0 {
+                metrics::counter!("moat_mqtt_session_entries_unreadable_total")
+                    .increment(skipped as u64);
+            }
+            {
+                let mut st = session.lock();
+                st.stored = held.stored;
+                st.qos2_handled = held.qos2;
+            }
+            for d in held.queued {
+                session.offer(d);
+            }
+        }
+        if s.ended_at.is_none() {
+            // Connected when the server stopped without saying so: the
+            // session counts from now.
+            self.sessions_behind.send(SessionChange::Disconnected {
+                key,
+                at: now,
+                expiry: seconds(expiry),
+            });
+        }
+        let left = u64::try_from(ends_at - now).unwrap_or(0);
+        let generation = session.lock().generation;
+        self.expire_later(&session, generation, Duration::from_micros(left));
+        true
+    }
+
+    /// Puts a kept subscription back, authorized as at SUBSCRIBE; false if
+    /// it no longer is (or no longer parses).
+    async fn resubscribe(&self, session: &Session, sub: &StoredSubscription) -> bool {
+        let Some(opts) = unpack(sub.options, sub.id) else {
+            return false;
+        };
+        let Ok(parsed) = crate::check_filter(&sub.filter) else {
+            return false;
+        };
+        let scope = platform_topics::filter_scope(parsed.filter);
+        if self
+            .authorize_subscribe(session, &sub.filter, &scope)
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        self.trie
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .subscribe(session.id, &sub.filter, opts)
+            .is_ok()
+    }
+
+    /// A connection began (`fresh`) or resumed `session`: kept from now on
+    /// if it outlives its connection, forgotten if it no longer does.
+    pub(crate) fn session_connected(&self, session: &Session, expiry: Duration, fresh: bool) {
+        if !self.sessions_behind.is_on() {
+            return;
+        }
+        if expiry.is_zero() {
+            if session.persisted.swap(false, Ordering::Relaxed) {
+                self.sessions_behind
+                    .send(SessionChange::Ended(session.store_key()));
+            }
+            return;
+        }
+        session.persisted.store(true, Ordering::Relaxed);
+        self.sessions_behind.send(SessionChange::Connected {
+            key: session.store_key(),
+            expiry: seconds(expiry),
+            fresh,
+        });
+    }
+
+    pub(crate) fn session_subscribed(&self, session: &Session, filter: &str, opts: &SubOptions) {
+        if session.persisted.load(Ordering::Relaxed) {
+            self.sessions_behind.send(SessionChange::Subscribed {
+                key: session.store_key(),
+                subscription: StoredSubscription {
+                    filter: filter.to_owned(),
+                    options: pack(opts),
+                    id: opts.id,
+                },
+            });
+        }
+    }
+
+    pub(crate) fn session_unsubscribed(&self, session: &Session, filter: &str) {
+        if session.persisted.load(Ordering::Relaxed) {
+            self.sessions_behind.send(SessionChange::Unsubscribed {
+                key: session.store_key(),
+                filter: filter.to_owned(),
+            });
+        }
+    }
+
+    /// The connection of a session that outlives it ended now.
+    pub(crate) fn session_disconnected(&self, session: &Session, expiry: Duration) {
+        if session.persisted.load(Ordering::Relaxed) {
+            self.sessions_behind.send(SessionChange::Disconnected {
+                key: session.store_key(),
+                at: now_micros(),
+                expiry: seconds(expiry),
+            });
+        }
+    }
+
+    /// The session ended (called while the broker still maps its key to it).
+    pub(crate) fn session_ended(&self, session: &Session) {
+        if session.persisted.swap(false, Ordering::Relaxed) {
+            self.sessions_behind
+                .send(SessionChange::Ended(session.store_key()));
+        }
+    }
+
+    /// At a graceful stop, once the connections are closed: saves what
+    /// each persistent session holds — its queue, its unacknowledged
+    /// packets — and waits until every change to the sessions is written.
+    pub async fn save_sessions(&self) {
+        if !self.sessions_behind.is_on() {
+            return;
+        }
+        let sessions: Vec<Arc<Session>> = self
+            .by_id
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|s| s.persisted.load(Ordering::Relaxed))
+            .cloned()
+            .collect();
+        for s in sessions {
+            let held = {
+                let mut st = s.lock();
+                let mut queued = Vec::new();
+                if let Some(rx) = st.rx.as_mut() {
+                    while let Ok(d) = rx.try_recv() {
+                        queued.push(d);
+                    }
+                }
+                Held {
+                    stored: st.stored.clone(),
+                    qos2: st.qos2_handled.clone(),
+                    queued,
+                }
+            };
+            if held.stored.is_empty() && held.qos2.is_empty() && held.queued.is_empty() {
+                continue;
+            }
+            self.sessions_behind.send(SessionChange::Saved {
+                key: s.store_key(),
+                queue: encode(&held),
+            });
+            // Back where they were, should the server go on.
+            for d in held.queued {
+                s.offer(d);
+            }
+        }
+        self.sessions_behind.flush().await;
+    }
+}
+
+#[cfg(test)]
+mod tests;
