@@ -353,3 +353,50 @@ async fn a_session_that_expired_while_the_server_was_down_is_gone() {
     let (_sub, _events, present) = connect_v5(opts(&server)).await;
     assert!(!present);
 }
+
+/// A device quarantined while its session was offline has no session
+/// after a restart, even once it is let back in.
+#[tokio::test]
+async fn a_quarantined_devices_session_does_not_come_back() {
+    let server = Server::start();
+    let admin = Api::bearer(&server, &server.admin_token().await);
+    let (channel, dev) = opaque_channel_and_device(&admin, "state", "gateway").await;
+    let opts = |server: &Server| {
+        let mut o = v5_with_key(server, "suspect", &dev.device, &dev.key);
+        o.set_clean_start(false);
+        o.set_session_expiry_interval(Some(3600));
+        o
+    };
+    let (sub, mut events, _) = connect_v5(opts(&server)).await;
+    sub.subscribe(format!("channels/{channel}/messages/#"), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    loop {
+        if let Packet::SubAck(_) = next_v5(&mut events, 10).await.unwrap() {
+            break;
+        }
+    }
+    sub.disconnect().await.unwrap();
+    let _ = next_v5(&mut events, 2).await;
+    session_writes(&server, 3).await;
+    let r = admin
+        .patch(
+            &format!("/devices/{}", dev.device),
+            serde_json::json!({"state": "quarantined"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let dir = server.stop();
+
+    let server = Server::start_in(dir, Options::default());
+    let admin = Api::bearer(&server, &server.admin_token().await);
+    let r = admin
+        .patch(
+            &format!("/devices/{}", dev.device),
+            serde_json::json!({"state": "active"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let (_sub, _events, present) = connect_v5(opts(&server)).await;
+    assert!(!present);
+}
