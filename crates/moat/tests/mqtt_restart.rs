@@ -215,12 +215,12 @@ async fn publish_all(
 }
 
 /// A persistent session goes offline holding a delivery it never
-/// acknowledged, two more messages queue up, and the server restarts
-/// gracefully: the client comes back to its session, gets the
-/// unacknowledged one again (DUP) and the queued ones, in order, and its
-/// subscription goes on delivering.
-#[tokio::test]
-async fn a_persistent_session_survives_a_graceful_restart_with_its_queue() {
+/// acknowledged, two more messages queue up, and the server restarts —
+/// gracefully, or by a power cut once the changes are written behind: the
+/// client comes back to its session, gets the unacknowledged one again
+/// (DUP) and the queued ones, in order, and its subscription goes on
+/// delivering.
+async fn queue_survives_a_restart(power_cut: bool) {
     let server = Server::start();
     let admin = Api::bearer(&server, &server.admin_token().await);
     let (channel, dev) = opaque_channel_and_device(&admin, "state", "gateway").await;
@@ -249,7 +249,14 @@ async fn a_persistent_session_survives_a_graceful_restart_with_its_queue() {
     let _ = next_v5(&mut events, 2).await;
     drop(events);
     publish_all(&server, &dev, &topic, &["m1", "m2"]).await;
-    let dir = server.stop();
+    let dir = if power_cut {
+        // Connected, subscribed, what it held (m0) and disconnected, then
+        // m1 and m2 queued.
+        session_writes(&server, 6).await;
+        server.kill()
+    } else {
+        server.stop()
+    };
 
     let server = Server::start_in(dir, Options::default());
     let (_sub, mut events, present) = connect_v5(opts(&server)).await;
@@ -264,6 +271,16 @@ async fn a_persistent_session_survives_a_graceful_restart_with_its_queue() {
     );
     publish_all(&server, &dev, &topic, &["m3"]).await;
     assert_eq!(receive(&mut events, 1).await, [("m3".to_owned(), false)]);
+}
+
+#[tokio::test]
+async fn a_persistent_sessions_queue_survives_a_graceful_restart() {
+    queue_survives_a_restart(false).await;
+}
+
+#[tokio::test]
+async fn a_persistent_sessions_queue_survives_a_power_cut() {
+    queue_survives_a_restart(true).await;
 }
 
 /// Mosquitto's own client (MQTT 3.1.1, clean session off) subscribes and

@@ -37,16 +37,21 @@ pub struct StoredSession {
     /// it was connected when the server stopped without saying so.
     pub ended_at: Option<i64>,
     pub subscriptions: Vec<StoredSubscription>,
-    /// What it held at the last graceful stop — its queue and
-    /// unacknowledged packets, encoded by the broker; `None` otherwise.
+    /// What it held when its last connection ended (or at the last
+    /// graceful stop) — its queue and unacknowledged packets, encoded by
+    /// the broker; `None` if nothing.
     pub queue: Option<Vec<u8>>,
+    /// Deliveries queued for it since, offline, in order; encoded by the
+    /// broker.
+    pub queued: Vec<Vec<u8>>,
 }
 
 /// One change to the sessions kept.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SessionChange {
-    /// A connection began or resumed the session. `fresh`: a new session,
-    /// which forgets what an older one of the same key had.
+    /// A connection began or resumed the session, and took what it held.
+    /// `fresh`: a new session, which forgets what an older one of the
+    /// same key had.
     Connected {
         key: SessionKey,
         expiry: u32,
@@ -68,10 +73,17 @@ pub enum SessionChange {
         at: i64,
         expiry: u32,
     },
-    /// What the session holds, saved at a graceful stop.
+    /// Everything the session holds, saved when its connection ends and
+    /// at a graceful stop: replaces what was saved and queued before.
     Saved {
         key: SessionKey,
         queue: Vec<u8>,
+    },
+    /// One delivery queued for the session while it is offline, after
+    /// those before it.
+    Queued {
+        key: SessionKey,
+        delivery: Vec<u8>,
     },
     /// The session ended: it and its subscriptions go.
     Ended(SessionKey),
@@ -83,8 +95,8 @@ pub trait SessionStore: Send + Sync + 'static {
     /// they are durable. A change to a session the store does not have
     /// (other than `Connected`) does nothing.
     async fn apply_sessions(&self, changes: Vec<SessionChange>) -> Result<(), StoreError>;
-    /// Every session kept, with its subscriptions and saved queue; the
-    /// saved queues are dropped from the store as they are returned, so
-    /// that a crash after this start never replays them twice.
+    /// Every session kept, with its subscriptions, what it held and what
+    /// was queued for it since. They stay in the store until a connection
+    /// takes the session (`Connected`) or it ends.
     async fn load_sessions(&self) -> Result<Vec<StoredSession>, StoreError>;
 }

@@ -41,6 +41,7 @@ use crate::platform_topics;
 use crate::trie::SubscriptionTrie;
 
 pub(crate) use access::{DecisionCache, PublishTarget};
+pub(crate) use persist::Held;
 pub(crate) use publish::{
     expiry_of, forwarded, rejection_code, routed_topic, session_live, to_message,
 };
@@ -456,12 +457,15 @@ impl Broker {
                 if !session.may_receive(&target, self.config.open_topics) {
                     continue;
                 }
-                session.offer(Delivery {
-                    msg: Arc::clone(&msg),
-                    qos: d.qos.min(msg.qos),
-                    retain: msg.retain && d.retain_as_published,
-                    subscription_ids: d.subscription_identifiers.clone(),
-                });
+                self.offer(
+                    &session,
+                    Delivery {
+                        msg: Arc::clone(&msg),
+                        qos: d.qos.min(msg.qos),
+                        retain: msg.retain && d.retain_as_published,
+                        subscription_ids: d.subscription_identifiers.clone(),
+                    },
+                );
             }
         });
     }

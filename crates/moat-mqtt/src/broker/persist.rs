@@ -2,16 +2,19 @@
 //! once the broker is given a [`SessionStore`] ([`Broker::keep_sessions`])
 //! every change to a session that outlives its connection (Session Expiry
 //! Interval above zero) is written behind, in order: its start, its
-//! subscriptions, the end of its connection, its end. At a graceful stop
-//! each one's queue and unacknowledged packets are saved too
-//! ([`Broker::save_sessions`]). At the next start the sessions come back
-//! offline, each device checked again (a device revoked meanwhile has no
-//! session), each subscription authorized again as at SUBSCRIBE, and each
-//! expiry counting on from when the connection ended.
+//! subscriptions, the end of its connection with what it held then (its
+//! queue, the deliveries it had not acknowledged), each delivery queued
+//! for it while offline, and its end. A graceful stop saves what each one
+//! holds once more ([`Broker::save_sessions`]). At the next start the
+//! sessions come back offline, each device checked again (a device revoked
+//! meanwhile has no session), each subscription authorized again as at
+//! SUBSCRIBE, each expiry counting on from when the connection ended, and
+//! each queue as it was. What a session holds stays in the store until a
+//! connection takes it.
 //!
-//! A crash keeps the sessions and their subscriptions (up to the last few
-//! milliseconds of changes) but not what they had queued: those messages
-//! are in the channel's archive, which the device can read over HTTP.
+//! Written behind means a crash loses the last few milliseconds of
+//! changes, and what connected sessions had in flight (their clients
+//! resend, or read the channel's archive over HTTP).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -360,19 +363,21 @@ impl Broker {
                 });
             }
         }
-        if let Some(bytes) = s.queue {
-            let (held, skipped) = decode(&bytes);
+        // What it held when its connection ended, then what was queued
+        // for it since, in order.
+        for bytes in s.queue.iter().chain(&s.queued) {
+            let (held, skipped) = decode(bytes);
             if skipped > 0 {
                 metrics::counter!("moat_mqtt_session_entries_unreadable_total")
                     .increment(skipped as u64);
             }
             {
                 let mut st = session.lock();
-                st.stored = held.stored;
-                st.qos2_handled = held.qos2;
+                st.stored.extend(held.stored);
+                st.qos2_handled.extend(held.qos2);
             }
             for d in held.queued {
-                session.offer(d);
+                session.requeue(d);
             }
         }
         if s.ended_at.is_none() {
@@ -414,8 +419,56 @@ impl Broker {
             .is_ok()
     }
 
-    /// A connection began (`fresh`) or resumed `session`: kept from now on
-    /// if it outlives its connection, forgotten if it no longer does.
+    /// Queues `d` for `session`. For a persistent session that is offline
+    /// the delivery is written behind too, so that a crash keeps it.
+    pub(crate) fn offer(&self, session: &Session, d: Delivery) {
+        if d.qos == 0 || session.is_online() || !session.persisted.load(Ordering::Relaxed) {
+            session.offer(d);
+            return;
+        }
+        // Under the session's lock, which a connection holds while it goes
+        // online and writes `Connected` (which drops what was queued in
+        // the store): nothing is written for it after that.
+        let _st = session.lock();
+        if session.is_online() {
+            session.offer(d);
+            return;
+        }
+        let held = Held {
+            queued: vec![d],
+            ..Held::default()
+        };
+        let delivery = encode(&held);
+        let Some(d) = held.queued.into_iter().next() else {
+            return;
+        };
+        if session.offer(d) && !delivery.is_empty() {
+            self.sessions_behind.send(SessionChange::Queued {
+                key: session.store_key(),
+                delivery,
+            });
+        }
+    }
+
+    /// A persistent session's connection ended holding `stored` (sent, not
+    /// acknowledged), `qos2` and `queued`: written behind whole, replacing
+    /// what was kept of it before. Called under the session's lock.
+    pub(crate) fn session_saved(&self, session: &Session, held: &Held) {
+        if !session.persisted.load(Ordering::Relaxed)
+            || (held.stored.is_empty() && held.qos2.is_empty() && held.queued.is_empty())
+        {
+            return;
+        }
+        self.sessions_behind.send(SessionChange::Saved {
+            key: session.store_key(),
+            queue: encode(held),
+        });
+    }
+
+    /// A connection began (`fresh`) or resumed `session` and took what it
+    /// held: kept from now on if it outlives its connection, forgotten if
+    /// it no longer does. Called under the session's lock, as it goes
+    /// online.
     pub(crate) fn session_connected(&self, session: &Session, expiry: Duration, fresh: bool) {
         if !self.sessions_behind.is_on() {
             return;
@@ -492,30 +545,22 @@ impl Broker {
             .cloned()
             .collect();
         for s in sessions {
-            let held = {
-                let mut st = s.lock();
-                let mut queued = Vec::new();
-                if let Some(rx) = st.rx.as_mut() {
-                    while let Ok(d) = rx.try_recv() {
-                        queued.push(d);
-                    }
-                }
-                Held {
-                    stored: st.stored.clone(),
-                    qos2: st.qos2_handled.clone(),
-                    queued,
-                }
-            };
-            if held.stored.is_empty() && held.qos2.is_empty() && held.queued.is_empty() {
-                continue;
+            let mut st = s.lock();
+            // A connection still open holds its own state.
+            let Some(rx) = st.rx.as_mut() else { continue };
+            let mut queued = Vec::new();
+            while let Ok(d) = rx.try_recv() {
+                queued.push(d);
             }
-            self.sessions_behind.send(SessionChange::Saved {
-                key: s.store_key(),
-                queue: encode(&held),
-            });
+            let held = Held {
+                stored: st.stored.clone(),
+                qos2: st.qos2_handled.clone(),
+                queued,
+            };
+            self.session_saved(&s, &held);
             // Back where they were, should the server go on.
             for d in held.queued {
-                s.offer(d);
+                s.requeue(d);
             }
         }
         self.sessions_behind.flush().await;

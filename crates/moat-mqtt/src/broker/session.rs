@@ -136,20 +136,27 @@ impl Session {
         self.key.owner
     }
 
-    /// Queues a delivery without waiting. QoS 0 messages are not kept for
-    /// an offline session (as Mosquitto does by default); a full queue
-    /// drops the message, counted.
-    pub(crate) fn offer(&self, d: Delivery) {
+    /// Queues a delivery without waiting; true if it was queued. QoS 0
+    /// messages are not kept for an offline session (as Mosquitto does by
+    /// default); a full queue drops the message, counted.
+    pub(crate) fn offer(&self, d: Delivery) -> bool {
         if d.qos == 0 && !self.is_online() {
             metrics::counter!("moat_mqtt_dropped_total", "reason" => "offline_qos0").increment(1);
-            return;
+            return false;
         }
+        self.requeue(d)
+    }
+
+    /// Queues a delivery the session already had (from its connection,
+    /// or from the store), QoS 0 included; true if it was queued.
+    pub(crate) fn requeue(&self, d: Delivery) -> bool {
         match self.tx.try_send(d) {
-            Ok(()) => {}
+            Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 metrics::counter!("moat_mqtt_dropped_total", "reason" => "queue_full").increment(1);
+                false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
 

@@ -26,7 +26,7 @@ use tokio::io::AsyncWrite;
 use tokio::sync::{Notify, oneshot};
 
 use super::{Conn, Ending, Open};
-use crate::broker::{ClientKey, Session, Will};
+use crate::broker::{ClientKey, Delivery, Held, Session, Will};
 
 /// The longest client id accepted, in bytes (MQTT 5.0 §3.1.3.1 lets the
 /// server choose; Mosquitto's default is 65,535, we keep ids log-sized).
@@ -207,8 +207,6 @@ impl<W: AsyncWrite + Unpin + Send> Conn<W> {
         let (session, session_present) = self
             .claim(key, principal.clone(), c.clean_start, expiry)
             .await;
-        self.broker
-            .session_connected(&session, expiry, !session_present);
 
         // The session's unacknowledged packets go back into the engine,
         // which resends them once the CONNACK is out.
@@ -292,8 +290,12 @@ impl<W: AsyncWrite + Unpin + Send> Conn<W> {
         {
             let mut st = session.lock();
             st.live = Some(crate::broker::session_live(Arc::clone(&takeover), done_rx));
+            // Under the lock, so that nothing is queued in the store for
+            // the session after the store hears it was taken.
+            session.set_online(true);
+            self.broker
+                .session_connected(&session, expiry, !session_present);
         }
-        session.set_online(true);
         let cut = Arc::new(Notify::new());
         let cut_reason = Arc::new(Mutex::new(None));
         let registered = owner.map(|d| {
@@ -565,17 +567,32 @@ impl<W: AsyncWrite + Unpin + Send> Conn<W> {
             return;
         };
         let persists = session.lock().expiry > Duration::ZERO;
-        // The delivery the window could not take goes back to the queue's
-        // tail: order within the session bends, the message is not lost.
-        if let Some(d) = self.held.take() {
-            session.offer(d);
-        }
-        session.set_online(false);
         let generation = {
             let mut st = session.lock();
+            session.set_online(false);
             if persists {
                 st.stored = self.mqtt.get_stored_packets();
                 st.qos2_handled = self.mqtt.get_qos2_publish_handled();
+            }
+            // What the connection had not sent goes back to the session:
+            // first the delivery the window could not take, then the rest
+            // of the queue, in order.
+            let mut rx = rx;
+            let mut queued: Vec<Delivery> = self.held.take().into_iter().collect();
+            while let Ok(d) = rx.try_recv() {
+                queued.push(d);
+            }
+            if persists && ending != Ending::TakenOver {
+                let held = Held {
+                    stored: st.stored.clone(),
+                    qos2: st.qos2_handled.clone(),
+                    queued,
+                };
+                self.broker.session_saved(&session, &held);
+                queued = held.queued;
+            }
+            for d in queued {
+                session.requeue(d);
             }
             st.rx = Some(rx);
             st.generation

@@ -7,7 +7,7 @@ CREATE TABLE mqtt_sessions (
     client_id TEXT NOT NULL,
     expiry    INTEGER NOT NULL, -- Session Expiry Interval, seconds
     ended_at  INTEGER,          -- µs since the Unix epoch; NULL while connected
-    queue     BLOB,             -- queue and unacknowledged packets saved at a graceful stop
+    queue     BLOB,             -- what it held when its connection ended (broker-encoded)
     PRIMARY KEY (owner, client_id)
 );
 CREATE TABLE mqtt_subscriptions (
@@ -17,4 +17,13 @@ CREATE TABLE mqtt_subscriptions (
     options   INTEGER NOT NULL, -- packed by the broker
     id        INTEGER,          -- MQTT 5 Subscription Identifier
     PRIMARY KEY (owner, client_id, filter)
+) WITHOUT ROWID;
+-- Deliveries queued for an offline session since `queue` was saved, in
+-- order; taken (deleted) when a connection resumes the session.
+CREATE TABLE mqtt_queue (
+    owner     BLOB NOT NULL,
+    client_id TEXT NOT NULL,
+    position  INTEGER NOT NULL,
+    delivery  BLOB NOT NULL,    -- broker-encoded
+    PRIMARY KEY (owner, client_id, position)
 ) WITHOUT ROWID;

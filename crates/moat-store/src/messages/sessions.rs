@@ -46,6 +46,8 @@ fn apply(conn: &mut Connection, changes: &[SessionChange]) -> rusqlite::Result<(
                 let o = owner(key);
                 if *fresh {
                     forget(&tx, &o, &key.client_id)?;
+                } else {
+                    drop_queued(&tx, &o, &key.client_id)?;
                 }
                 tx.prepare_cached(
                     "INSERT INTO mqtt_sessions (owner, client_id, expiry, ended_at) \
@@ -87,10 +89,21 @@ fn apply(conn: &mut Connection, changes: &[SessionChange]) -> rusqlite::Result<(
                 .execute(params![owner(key), key.client_id, at, expiry])?;
             }
             SessionChange::Saved { key, queue } => {
+                let o = owner(key);
+                drop_queued(&tx, &o, &key.client_id)?;
                 tx.prepare_cached(
                     "UPDATE mqtt_sessions SET queue = ?3 WHERE owner = ?1 AND client_id = ?2",
                 )?
-                .execute(params![owner(key), key.client_id, queue])?;
+                .execute(params![o, key.client_id, queue])?;
+            }
+            SessionChange::Queued { key, delivery } => {
+                tx.prepare_cached(
+                    "INSERT INTO mqtt_queue (owner, client_id, position, delivery) \
+                     SELECT ?1, ?2, coalesce((SELECT max(position) FROM mqtt_queue \
+                     WHERE owner = ?1 AND client_id = ?2), 0) + 1, ?3 \
+                     FROM mqtt_sessions WHERE owner = ?1 AND client_id = ?2",
+                )?
+                .execute(params![owner(key), key.client_id, delivery])?;
             }
             SessionChange::Ended(key) => forget(&tx, &owner(key), &key.client_id)?,
         }
@@ -98,8 +111,20 @@ fn apply(conn: &mut Connection, changes: &[SessionChange]) -> rusqlite::Result<(
     tx.commit()
 }
 
-/// Deletes a session and its subscriptions.
+/// Deletes the deliveries queued for a session.
+fn drop_queued(
+    tx: &rusqlite::Transaction<'_>,
+    owner: &[u8],
+    client_id: &str,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached("DELETE FROM mqtt_queue WHERE owner = ?1 AND client_id = ?2")?
+        .execute(params![owner, client_id])?;
+    Ok(())
+}
+
+/// Deletes a session, its subscriptions and its queue.
 fn forget(tx: &rusqlite::Transaction<'_>, owner: &[u8], client_id: &str) -> rusqlite::Result<()> {
+    drop_queued(tx, owner, client_id)?;
     tx.prepare_cached("DELETE FROM mqtt_subscriptions WHERE owner = ?1 AND client_id = ?2")?
         .execute(params![owner, client_id])?;
     tx.prepare_cached("DELETE FROM mqtt_sessions WHERE owner = ?1 AND client_id = ?2")?
@@ -107,9 +132,10 @@ fn forget(tx: &rusqlite::Transaction<'_>, owner: &[u8], client_id: &str) -> rusq
     Ok(())
 }
 
-/// Every session with its subscriptions; the saved queues are taken out.
+/// Every session with its subscriptions, what it held and what was
+/// queued for it since.
 fn load(conn: &mut Connection) -> rusqlite::Result<Vec<StoredSession>> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let tx = conn.transaction()?;
     let mut sessions = Vec::new();
     let mut index: HashMap<(Vec<u8>, String), usize> = HashMap::new();
     {
@@ -130,6 +156,7 @@ fn load(conn: &mut Connection) -> rusqlite::Result<Vec<StoredSession>> {
                 ended_at: r.get(3)?,
                 subscriptions: Vec::new(),
                 queue: r.get(4)?,
+                queued: Vec::new(),
             });
         }
     }
@@ -150,10 +177,18 @@ fn load(conn: &mut Connection) -> rusqlite::Result<Vec<StoredSession>> {
             }
         }
     }
-    tx.execute(
-        "UPDATE mqtt_sessions SET queue = NULL WHERE queue IS NOT NULL",
-        [],
-    )?;
+    {
+        let mut stmt = tx.prepare(
+            "SELECT owner, client_id, delivery FROM mqtt_queue ORDER BY owner, client_id, position",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let key = (r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?);
+            if let Some(&i) = index.get(&key) {
+                sessions[i].queued.push(r.get(2)?);
+            }
+        }
+    }
     tx.commit()?;
     Ok(sessions)
 }

@@ -838,7 +838,7 @@ async fn retained_messages_are_kept_per_topic_across_reopening_until_cleared_or_
 }
 
 #[tokio::test]
-async fn mqtt_sessions_are_kept_across_reopening_with_their_subscriptions_and_a_saved_queue_once() {
+async fn mqtt_sessions_are_kept_across_reopening_with_their_subscriptions_and_queues() {
     use moat_core::message::sessions::{
         SessionChange, SessionKey, SessionStore, StoredSession, StoredSubscription,
     };
@@ -888,9 +888,26 @@ async fn mqtt_sessions_are_kept_across_reopening_with_their_subscriptions_and_a_
                     at: T0,
                     expiry: 10,
                 },
+                SessionChange::Queued {
+                    key: key(None, "a"),
+                    delivery: b"superseded".to_vec(),
+                },
+                // Replaces what was saved and queued before.
                 SessionChange::Saved {
                     key: key(None, "a"),
-                    queue: b"queued".to_vec(),
+                    queue: b"held".to_vec(),
+                },
+                SessionChange::Queued {
+                    key: key(None, "a"),
+                    delivery: b"q1".to_vec(),
+                },
+                SessionChange::Queued {
+                    key: key(None, "a"),
+                    delivery: b"q2".to_vec(),
+                },
+                SessionChange::Queued {
+                    key: key(Some(device), "nobody"),
+                    delivery: b"lost".to_vec(),
                 },
                 // Changes to sessions the store lacks do nothing.
                 subscribed(key(Some(device), "nobody"), sub("q", 0, None)),
@@ -916,7 +933,8 @@ async fn mqtt_sessions_are_kept_across_reopening_with_their_subscriptions_and_a_
                 expiry: 10,
                 ended_at: Some(T0),
                 subscriptions: vec![sub("dev/+", 0, None)],
-                queue: Some(b"queued".to_vec()),
+                queue: Some(b"held".to_vec()),
+                queued: vec![b"q1".to_vec(), b"q2".to_vec()],
             },
             StoredSession {
                 key: key(Some(device), "a"),
@@ -924,12 +942,30 @@ async fn mqtt_sessions_are_kept_across_reopening_with_their_subscriptions_and_a_
                 ended_at: None,
                 subscriptions: vec![sub("x/#", 1, Some(7)), sub("y", 2, None)],
                 queue: None,
+                queued: Vec::new(),
             },
         ]
     );
-    // A saved queue is handed out once.
-    let again = store.load_sessions().await.unwrap();
-    assert!(again.iter().all(|s| s.queue.is_none()));
+    // What a session holds stays until a connection takes it.
+    assert_eq!(store.load_sessions().await.unwrap().len(), 2);
+    let anonymous = |all: Vec<StoredSession>| all.into_iter().find(|s| s.key.owner.is_none());
+    let again = anonymous(store.load_sessions().await.unwrap()).unwrap();
+    assert_eq!((again.queue.is_some(), again.queued.len()), (true, 2));
+    store
+        .apply_sessions(vec![SessionChange::Connected {
+            key: key(None, "a"),
+            expiry: 10,
+            fresh: false,
+        }])
+        .await
+        .unwrap();
+    let taken = anonymous(store.load_sessions().await.unwrap()).unwrap();
+    assert_eq!((taken.queue, taken.queued.len()), (None, 0));
+    assert_eq!(
+        taken.subscriptions.len(),
+        1,
+        "resuming keeps the subscriptions"
+    );
     // A fresh session of the same key forgets the old one's subscriptions.
     store
         .apply_sessions(vec![SessionChange::Connected {
