@@ -417,3 +417,55 @@ async fn a_quarantined_devices_session_does_not_come_back() {
     let (_sub, _events, present) = connect_v5(opts(&server)).await;
     assert!(!present);
 }
+
+/// A device's connection drops with a will delayed 4 s, and the power is
+/// cut before the will is due: after the restart the will is published
+/// when it falls due (here retained, so a later subscriber sees it).
+#[tokio::test]
+async fn a_delayed_will_is_published_after_a_power_cut() {
+    use rumqttc::v5::mqttbytes::v5::{LastWill, LastWillProperties};
+    let server = Server::start();
+    let admin = Api::bearer(&server, &server.admin_token().await);
+    let (channel, dev) = opaque_channel_and_device(&admin, "state", "gateway").await;
+    let topic = format!("channels/{channel}/messages/status");
+    let mut opts = v5_with_key(&server, "mortal", &dev.device, &dev.key);
+    opts.set_clean_start(false);
+    opts.set_session_expiry_interval(Some(3600));
+    let props = LastWillProperties {
+        delay_interval: Some(4),
+        payload_format_indicator: None,
+        message_expiry_interval: None,
+        content_type: None,
+        response_topic: None,
+        correlation_data: None,
+        user_properties: Vec::new(),
+    };
+    opts.set_last_will(LastWill::new(
+        &topic,
+        "gone",
+        QoS::AtLeastOnce,
+        true,
+        Some(props),
+    ));
+    let (client, events, _) = connect_v5(opts).await;
+    // The connection drops without a DISCONNECT: the will waits 4 s.
+    drop(client);
+    drop(events);
+    let dropped = Instant::now();
+    // Connected, the will pending, disconnected.
+    session_writes(&server, 3).await;
+    let dir = server.kill();
+    assert!(
+        dropped.elapsed() < Duration::from_secs(4),
+        "the will fell due before the power cut"
+    );
+
+    let server = Server::start_in(dir, Options::default());
+    let (sub, mut events, _) =
+        connect_v5(v5_with_key(&server, "watcher", &dev.device, &dev.key)).await;
+    tokio::time::sleep(Duration::from_secs(4).saturating_sub(dropped.elapsed())).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sub.subscribe(&topic, QoS::AtLeastOnce).await.unwrap();
+    let got = receive(&mut events, 1).await;
+    assert_eq!(got, [("gone".to_owned(), false)]);
+}

@@ -44,6 +44,17 @@ pub struct StoredSession {
     /// Deliveries queued for it since, offline, in order; encoded by the
     /// broker.
     pub queued: Vec<Vec<u8>>,
+    /// Its will, waiting for its delay.
+    pub will: Option<StoredWill>,
+}
+
+/// A will waiting for its delay (MQTT 5 Will Delay Interval).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredWill {
+    /// The will message, encoded by the broker.
+    pub message: Vec<u8>,
+    /// When it is due, µs since the Unix epoch.
+    pub at: i64,
 }
 
 /// One change to the sessions kept.
@@ -85,6 +96,13 @@ pub enum SessionChange {
         key: SessionKey,
         delivery: Vec<u8>,
     },
+    /// The session's will waits for its delay, until `at`.
+    WillPending {
+        key: SessionKey,
+        will: StoredWill,
+    },
+    /// The will was published or cancelled.
+    WillGone(SessionKey),
     /// The session ended: it and its subscriptions go.
     Ended(SessionKey),
 }

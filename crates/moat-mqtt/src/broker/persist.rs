@@ -22,16 +22,16 @@ use std::time::Duration;
 
 use moat_core::authn::{self, DeviceAuthError};
 use moat_core::message::sessions::{
-    SessionChange, SessionKey, SessionStore, StoredSession, StoredSubscription,
+    SessionChange, SessionKey, SessionStore, StoredSession, StoredSubscription, StoredWill,
 };
 use moat_core::store::StoreError;
 use mqtt_protocol_core::mqtt::common::HashSet as EngineSet;
 use mqtt_protocol_core::mqtt::packet::{
-    GenericPacket, GenericPacketTrait, Property, StorePacket, v3_1_1, v5_0,
+    GenericPacket, GenericPacketTrait, Property, Qos, StorePacket, v3_1_1, v5_0,
 };
 use tokio::time::Instant;
 
-use super::{Broker, ClientKey, Delivery, Routed, Session, SubOptions};
+use super::{Broker, ClientKey, Delivery, Routed, Session, SubOptions, Will};
 use crate::platform_topics;
 use crate::protocol::{Frame, frame};
 
@@ -262,6 +262,43 @@ fn queued(wire: &[u8]) -> Option<Delivery> {
     })
 }
 
+/// A will in the store's form: an MQTT 5 PUBLISH with its properties;
+/// `None` if it does not make one.
+pub(crate) fn encode_will(w: &Will) -> Option<Vec<u8>> {
+    let qos = match w.qos {
+        0 => Qos::AtMostOnce,
+        1 => Qos::AtLeastOnce,
+        _ => Qos::ExactlyOnce,
+    };
+    let mut b = v5_0::Publish::builder()
+        .qos(qos)
+        .retain(w.retain)
+        .payload(w.payload.clone())
+        .props(w.props.clone());
+    if w.qos > 0 {
+        b = b.packet_id(1);
+    }
+    let p = b.topic_name(w.topic.as_str()).ok()?.build().ok()?;
+    Some(p.to_continuous_buffer())
+}
+
+/// A stored will, due after `delay`.
+pub(crate) fn decode_will(wire: &[u8], delay: Duration) -> Option<Will> {
+    let (kind, flags, body) = split_packet(wire)?;
+    if kind != 3 {
+        return None;
+    }
+    let (p, _) = v5_0::Publish::parse(flags, Arc::from(body)).ok()?;
+    Some(Will {
+        topic: p.topic_name().to_owned(),
+        payload: p.payload().clone(),
+        qos: p.qos() as u8,
+        retain: p.retain(),
+        props: p.props.clone(),
+        delay,
+    })
+}
+
 /// The expiry interval as the store keeps it.
 fn seconds(d: Duration) -> u32 {
     u32::try_from(d.as_secs()).unwrap_or(u32::MAX)
@@ -389,10 +426,57 @@ impl Broker {
                 expiry: seconds(expiry),
             });
         }
+        if let Some(w) = s.will {
+            self.restore_will(&session, w).await;
+        }
         let left = u64::try_from(ends_at - now).unwrap_or(0);
         let generation = session.lock().generation;
         self.expire_later(&session, generation, Duration::from_micros(left));
         true
+    }
+
+    /// A will that was waiting for its delay: published now if it is due,
+    /// else waits for the rest of it.
+    async fn restore_will(self: &Arc<Self>, session: &Arc<Session>, w: StoredWill) {
+        let left = u64::try_from(w.at.saturating_sub(now_micros())).unwrap_or(0);
+        let Some(will) = decode_will(&w.message, Duration::from_micros(left)) else {
+            metrics::counter!("moat_mqtt_session_entries_unreadable_total").increment(1);
+            self.sessions_behind
+                .send(SessionChange::WillGone(session.store_key()));
+            return;
+        };
+        if left == 0 {
+            self.publish_will(session.principal.clone(), will).await;
+            self.sessions_behind
+                .send(SessionChange::WillGone(session.store_key()));
+        } else {
+            let delay = will.delay;
+            let handle = self.delay_will(Arc::clone(session), will, delay);
+            session.lock().pending_will = Some(handle);
+        }
+    }
+
+    /// `session`'s will now waits `delay` to be published.
+    pub(crate) fn will_pending(&self, session: &Session, will: &Will, delay: Duration) {
+        if !session.persisted.load(Ordering::Relaxed) {
+            return;
+        }
+        let Some(message) = encode_will(will) else {
+            return;
+        };
+        let at = now_micros().saturating_add(i64::try_from(delay.as_micros()).unwrap_or(i64::MAX));
+        self.sessions_behind.send(SessionChange::WillPending {
+            key: session.store_key(),
+            will: StoredWill { message, at },
+        });
+    }
+
+    /// `session`'s delayed will was published.
+    pub(crate) fn will_gone(&self, session: &Session) {
+        if session.persisted.load(Ordering::Relaxed) {
+            self.sessions_behind
+                .send(SessionChange::WillGone(session.store_key()));
+        }
     }
 
     /// Puts a kept subscription back, authorized as at SUBSCRIBE; false if

@@ -182,6 +182,7 @@ impl Broker {
         will: Will,
         delay: Duration,
     ) -> tokio::task::AbortHandle {
+        self.will_pending(&session, &will, delay);
         self.delayed_wills
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -193,6 +194,7 @@ impl Broker {
             if let Some(will) = b.take_delayed_will(session.id) {
                 session.lock().pending_will = None;
                 b.publish_will(session.principal.clone(), will).await;
+                b.will_gone(&session);
             }
         })
         .abort_handle()

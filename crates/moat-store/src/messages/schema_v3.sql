@@ -8,6 +8,8 @@ CREATE TABLE mqtt_sessions (
     expiry    INTEGER NOT NULL, -- Session Expiry Interval, seconds
     ended_at  INTEGER,          -- µs since the Unix epoch; NULL while connected
     queue     BLOB,             -- what it held when its connection ended (broker-encoded)
+    will      BLOB,             -- a will waiting for its delay (broker-encoded)
+    will_at   INTEGER,          -- when it is due, µs since the Unix epoch
     PRIMARY KEY (owner, client_id)
 );
 CREATE TABLE mqtt_subscriptions (

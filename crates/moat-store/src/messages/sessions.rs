@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use moat_core::DeviceId;
 use moat_core::message::sessions::{
-    SessionChange, SessionKey, SessionStore, StoredSession, StoredSubscription,
+    SessionChange, SessionKey, SessionStore, StoredSession, StoredSubscription, StoredWill,
 };
 use moat_core::store::StoreError;
 use rusqlite::{Connection, TransactionBehavior, params};
@@ -52,7 +52,8 @@ fn apply(conn: &mut Connection, changes: &[SessionChange]) -> rusqlite::Result<(
                 tx.prepare_cached(
                     "INSERT INTO mqtt_sessions (owner, client_id, expiry, ended_at) \
                      VALUES (?1, ?2, ?3, NULL) ON CONFLICT (owner, client_id) DO UPDATE SET \
-                     expiry = excluded.expiry, ended_at = NULL, queue = NULL",
+                     expiry = excluded.expiry, ended_at = NULL, queue = NULL, \
+                     will = NULL, will_at = NULL",
                 )?
                 .execute(params![o, key.client_id, expiry])?;
             }
@@ -105,6 +106,25 @@ fn apply(conn: &mut Connection, changes: &[SessionChange]) -> rusqlite::Result<(
                 )?
                 .execute(params![owner(key), key.client_id, delivery])?;
             }
+            SessionChange::WillPending { key, will } => {
+                tx.prepare_cached(
+                    "UPDATE mqtt_sessions SET will = ?3, will_at = ?4 \
+                     WHERE owner = ?1 AND client_id = ?2",
+                )?
+                .execute(params![
+                    owner(key),
+                    key.client_id,
+                    will.message,
+                    will.at
+                ])?;
+            }
+            SessionChange::WillGone(key) => {
+                tx.prepare_cached(
+                    "UPDATE mqtt_sessions SET will = NULL, will_at = NULL \
+                     WHERE owner = ?1 AND client_id = ?2",
+                )?
+                .execute(params![owner(key), key.client_id])?;
+            }
             SessionChange::Ended(key) => forget(&tx, &owner(key), &key.client_id)?,
         }
     }
@@ -139,8 +159,10 @@ fn load(conn: &mut Connection) -> rusqlite::Result<Vec<StoredSession>> {
     let mut sessions = Vec::new();
     let mut index: HashMap<(Vec<u8>, String), usize> = HashMap::new();
     {
-        let mut stmt =
-            tx.prepare("SELECT owner, client_id, expiry, ended_at, queue FROM mqtt_sessions")?;
+        let mut stmt = tx.prepare(
+            "SELECT owner, client_id, expiry, ended_at, queue, will, will_at \
+                 FROM mqtt_sessions",
+        )?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
             let o: Vec<u8> = r.get(0)?;
@@ -157,6 +179,10 @@ fn load(conn: &mut Connection) -> rusqlite::Result<Vec<StoredSession>> {
                 subscriptions: Vec::new(),
                 queue: r.get(4)?,
                 queued: Vec::new(),
+                will: match (r.get(5)?, r.get(6)?) {
+                    (Some(message), Some(at)) => Some(StoredWill { message, at }),
+                    _ => None,
+                },
             });
         }
     }

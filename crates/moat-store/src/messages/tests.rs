@@ -840,7 +840,7 @@ async fn retained_messages_are_kept_per_topic_across_reopening_until_cleared_or_
 #[tokio::test]
 async fn mqtt_sessions_are_kept_across_reopening_with_their_subscriptions_and_queues() {
     use moat_core::message::sessions::{
-        SessionChange, SessionKey, SessionStore, StoredSession, StoredSubscription,
+        SessionChange, SessionKey, SessionStore, StoredSession, StoredSubscription, StoredWill,
     };
     let dir = tempfile::tempdir().unwrap();
     let device: moat_core::DeviceId = uuid::Uuid::now_v7().into();
@@ -875,6 +875,21 @@ async fn mqtt_sessions_are_kept_across_reopening_with_their_subscriptions_and_qu
                 SessionChange::Unsubscribed {
                     key: key(Some(device), "a"),
                     filter: "z".into(),
+                },
+                SessionChange::WillPending {
+                    key: key(Some(device), "a"),
+                    will: StoredWill {
+                        message: b"cancelled".to_vec(),
+                        at: T0,
+                    },
+                },
+                SessionChange::WillGone(key(Some(device), "a")),
+                SessionChange::WillPending {
+                    key: key(Some(device), "a"),
+                    will: StoredWill {
+                        message: b"gone".to_vec(),
+                        at: T0 + 5,
+                    },
                 },
                 // The same client id without a device: another session.
                 SessionChange::Connected {
@@ -935,6 +950,7 @@ async fn mqtt_sessions_are_kept_across_reopening_with_their_subscriptions_and_qu
                 subscriptions: vec![sub("dev/+", 0, None)],
                 queue: Some(b"held".to_vec()),
                 queued: vec![b"q1".to_vec(), b"q2".to_vec()],
+                will: None,
             },
             StoredSession {
                 key: key(Some(device), "a"),
@@ -943,6 +959,10 @@ async fn mqtt_sessions_are_kept_across_reopening_with_their_subscriptions_and_qu
                 subscriptions: vec![sub("x/#", 1, Some(7)), sub("y", 2, None)],
                 queue: None,
                 queued: Vec::new(),
+                will: Some(StoredWill {
+                    message: b"gone".to_vec(),
+                    at: T0 + 5,
+                }),
             },
         ]
     );
@@ -977,5 +997,5 @@ async fn mqtt_sessions_are_kept_across_reopening_with_their_subscriptions_and_qu
         .unwrap();
     let fresh = store.load_sessions().await.unwrap();
     let a = fresh.iter().find(|s| s.key.owner.is_some()).unwrap();
-    assert_eq!((a.expiry, a.subscriptions.len()), (30, 0));
+    assert_eq!((a.expiry, a.subscriptions.len(), &a.will), (30, 0, &None));
 }

@@ -159,3 +159,27 @@ proptest! {
         let _ = decode(&bytes);
     }
 }
+
+#[test]
+fn a_will_round_trips_through_its_stored_form() {
+    let payload: Arc<[u8]> = Arc::from(&b"offline"[..]);
+    let will = Will {
+        topic: "channels/x/messages/status".into(),
+        payload: mqtt_protocol_core::mqtt::ArcPayload::new(payload, 0, 7),
+        qos: 1,
+        retain: true,
+        props: vec![Property::ContentType(
+            ContentType::new("text/plain").unwrap(),
+        )],
+        delay: Duration::from_secs(30),
+    };
+    let stored = encode_will(&will).unwrap();
+    let back = decode_will(&stored, Duration::from_secs(12)).unwrap();
+    assert_eq!(back.topic, will.topic);
+    assert_eq!(back.payload.as_slice(), b"offline");
+    assert_eq!((back.qos, back.retain), (1, true));
+    assert_eq!(back.props, will.props);
+    assert_eq!(back.delay, Duration::from_secs(12));
+    assert!(decode_will(&stored[..stored.len() - 1], Duration::ZERO).is_none());
+    assert!(decode_will(b"", Duration::ZERO).is_none());
+}
