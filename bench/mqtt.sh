@@ -2,7 +2,9 @@
 # The MQTT broker benchmark: Moat's broker against Mosquitto, same load
 # generator (`mqttv5 bench`, crates.io's mqttv5-cli), same machine, mutual TLS.
 #
-#   qos0      QoS 0 fan-in: --publishers connections -> 1 subscriber (msg/s)
+#   qos0      QoS 0 fan-in: --publishers connections -> 1 subscriber (msg/s),
+#             and the server's CPU over the measured window (% of a core,
+#             µs a message)
 #   qos1      QoS 1 fan-in: the same at QoS 1
 #   fanout    1 publisher -> --subscribers subscribers: the highest paced
 #             rate (from --fanout-rate, x1.5 a step, --fanout-steps at most)
@@ -395,9 +397,7 @@ limit_for() { echo $(( $1 / 10 + warmup + duration + 60 )); }
 # -------------------------------------------------------------- scenarios ----
 fan_in() { # TARGET QOS
   local t=$1 q=$2 f
-  bench "$t" "qos$q" "$(limit_for "$publishers")" --mode throughput --qos "$q" \
-    --publishers "$publishers" --subscribers 1 --duration "$duration" --warmup "$warmup" \
-    --topic "$srv_topic/qos$q" || return 1
+  measured_fan_in "$t" "qos$q" "$q" 0 || return 1
   f=$work/$t-qos$q.json
   record "$t" "qos${q}_msgs" "$(int "$(json "$f" .results.throughput_steady)")"
   record "$t" "qos${q}_offered" "$(int "$(json "$f" .results.offered_rate)")"
@@ -516,25 +516,37 @@ idle_conns() { # TARGET
   [ "$ok" = "$idle" ] || { echo "  idle: only $ok of $idle connected" >&2; return 1; }
 }
 
-# The paced QoS 1 fan-in, and the server's CPU between the start of the
-# measured window (mqttv5 bench prints `measuring`) and the end of the run.
-qos1_cost() { # TARGET
-  local t=$1 before after published ticks measuring=1
-  start_fan_in "$t" qos1cost 1 "$cost_rate" "$warmup" "$duration" || measuring=0
+# A fan-in (RATE 0: as fast as the publishers' windows allow) and the
+# server's CPU, user + system, between the start of the measured window
+# (mqttv5 bench prints `measuring`) and the end of the run: NAME_us_per_msg
+# per acknowledged publish, NAME_server_cpu_pct of one core.
+measured_fan_in() { # TARGET NAME QOS RATE
+  local t=$1 name=$2 q=$3 rate=$4 before after started secs published ticks measuring=1
+  start_fan_in "$t" "$name" "$q" "$rate" "$warmup" "$duration" || measuring=0
   before=$(proc_ticks "$srv_pid")
+  started=$(date +%s.%N)
   if ! wait "$bg_pid" || [ "$measuring" = 0 ]; then
     bg_pids=()
-    echo "  mqttv5 bench qos1cost failed against $t:" >&2
-    tail -n 5 "$work/$t-qos1cost.log" >&2
+    echo "  mqttv5 bench $name failed against $t:" >&2
+    tail -n 5 "$work/$t-$name.log" >&2
     return 1
   fi
   bg_pids=()
   after=$(proc_ticks "$srv_pid")
+  secs=$(awk -v s="$started" -v e="$(date +%s.%N)" 'BEGIN { print e - s }')
   ticks=$(getconf CLK_TCK)
-  published=$(json "$work/$t-qos1cost.json" .results.published)
-  record "$t" qos1cost_offered "$(int "$(json "$work/$t-qos1cost.json" .results.offered_rate)")"
-  record "$t" qos1cost_us_per_msg "$(awk -v a="$after" -v b="$before" -v hz="$ticks" -v n="$published" \
+  published=$(json "$work/$t-$name.json" .results.published)
+  record "$t" "${name}_us_per_msg" "$(awk -v a="$after" -v b="$before" -v hz="$ticks" -v n="$published" \
     'BEGIN { if (n > 0) printf "%.2f", (a - b) / hz * 1e6 / n }')"
+  record "$t" "${name}_server_cpu_pct" "$(awk -v a="$after" -v b="$before" -v hz="$ticks" -v s="$secs" \
+    'BEGIN { if (s > 0) printf "%.0f", (a - b) / hz / s * 100 }')"
+}
+
+# The paced QoS 1 fan-in and the server's CPU per acknowledged publish.
+qos1_cost() { # TARGET
+  local t=$1
+  measured_fan_in "$t" qos1cost 1 "$cost_rate" || return 1
+  record "$t" qos1cost_offered "$(int "$(json "$work/$t-qos1cost.json" .results.offered_rate)")"
 }
 
 run_scenario() { # TARGET SCENARIO
@@ -620,12 +632,16 @@ metrics=(
   "qos0 qos0_stored QoS 0 fan-in: messages stored, warm-up included (moat)|"
   "qos0 qos0_dropped QoS 0 fan-in: messages the broker counted as dropped|lower"
   "qos0 qos0_server_peak_rss_mib QoS 0 fan-in: server peak RSS MiB|lower"
+  "qos0 qos0_server_cpu_pct QoS 0 fan-in: server CPU, % of one core|"
+  "qos0 qos0_us_per_msg QoS 0 fan-in: server CPU µs per published message|lower"
   "qos1 qos1_msgs QoS 1 fan-in, $publishers -> 1: delivered msg/s|higher"
   "qos1 qos1_offered QoS 1 fan-in: acknowledged publishes/s (PUBACKs; moat: once stored)|higher"
   "qos1 qos1_delivered_ratio QoS 1 fan-in: delivered / published, whole run|higher"
   "qos1 qos1_stored QoS 1 fan-in: messages stored, warm-up included (moat)|"
   "qos1 qos1_dropped QoS 1 fan-in: messages the broker counted as dropped|lower"
   "qos1 qos1_server_peak_rss_mib QoS 1 fan-in: server peak RSS MiB|lower"
+  "qos1 qos1_server_cpu_pct QoS 1 fan-in: server CPU, % of one core|"
+  "qos1 qos1_us_per_msg QoS 1 fan-in: server CPU µs per acknowledged publish|lower"
   "qos1cost qos1cost_offered QoS 1 fan-in paced at $cost_rate msg/s: acknowledged publishes/s|"
   "qos1cost qos1cost_us_per_msg QoS 1 fan-in paced: server CPU µs per acknowledged publish|lower"
   "fanout fanout_max_rate fan-out, 1 -> $subscribers: highest msg/s kept up with|higher"
