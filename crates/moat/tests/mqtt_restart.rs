@@ -176,6 +176,31 @@ async fn connect_v5(opts: rumqttc::v5::MqttOptions) -> (AsyncClient, rumqttc::v5
     }
 }
 
+/// Subscribes to `filter` at QoS 1 and waits for the SUBACK.
+async fn subscribe(client: &AsyncClient, events: &mut rumqttc::v5::EventLoop, filter: &str) {
+    client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+    loop {
+        if let Packet::SubAck(_) = next_v5(events, 10).await.unwrap() {
+            return;
+        }
+    }
+}
+
+/// Leaves with a DISCONNECT.
+async fn leave(client: AsyncClient, mut events: rumqttc::v5::EventLoop) {
+    client.disconnect().await.unwrap();
+    let _ = next_v5(&mut events, 2).await;
+}
+
+/// A persistent session subscribes to `filter` and leaves; returns once
+/// the store has its start, subscription and disconnection.
+async fn subscribe_and_leave(server: &Server, opts: rumqttc::v5::MqttOptions, filter: &str) {
+    let (client, mut events, _) = connect_v5(opts).await;
+    subscribe(&client, &mut events, filter).await;
+    leave(client, events).await;
+    session_writes(server, 3).await;
+}
+
 /// The payloads of the next `n` PUBLISHes, and whether each was a DUP.
 async fn receive(events: &mut rumqttc::v5::EventLoop, n: usize) -> Vec<(String, bool)> {
     let mut got = Vec::new();
@@ -237,17 +262,10 @@ async fn queue_survives_a_restart(power_cut: bool) {
 
     let (sub, mut events, present) = connect_v5(opts(&server)).await;
     assert!(!present);
-    sub.subscribe(&topic, QoS::AtLeastOnce).await.unwrap();
-    loop {
-        if let Packet::SubAck(_) = next_v5(&mut events, 10).await.unwrap() {
-            break;
-        }
-    }
+    subscribe(&sub, &mut events, &topic).await;
     publish_all(&server, &dev, &topic, &["m0"]).await;
     assert_eq!(receive(&mut events, 1).await, [("m0".to_owned(), false)]);
-    sub.disconnect().await.unwrap();
-    let _ = next_v5(&mut events, 2).await;
-    drop(events);
+    leave(sub, events).await;
     publish_all(&server, &dev, &topic, &["m1", "m2"]).await;
     let dir = if power_cut {
         // Connected, subscribed, what it held (m0) and disconnected, then
@@ -350,18 +368,12 @@ async fn a_session_that_expired_while_the_server_was_down_is_gone() {
         o.set_session_expiry_interval(Some(1));
         o
     };
-    let (sub, mut events, _) = connect_v5(opts(&server)).await;
-    sub.subscribe(format!("channels/{channel}/messages/#"), QoS::AtLeastOnce)
-        .await
-        .unwrap();
-    loop {
-        if let Packet::SubAck(_) = next_v5(&mut events, 10).await.unwrap() {
-            break;
-        }
-    }
-    sub.disconnect().await.unwrap();
-    let _ = next_v5(&mut events, 2).await;
-    session_writes(&server, 3).await;
+    subscribe_and_leave(
+        &server,
+        opts(&server),
+        &format!("channels/{channel}/messages/#"),
+    )
+    .await;
     let dir = server.kill();
     tokio::time::sleep(Duration::from_millis(1200)).await;
 
@@ -384,18 +396,12 @@ async fn a_quarantined_devices_session_does_not_come_back() {
         o.set_session_expiry_interval(Some(3600));
         o
     };
-    let (sub, mut events, _) = connect_v5(opts(&server)).await;
-    sub.subscribe(format!("channels/{channel}/messages/#"), QoS::AtLeastOnce)
-        .await
-        .unwrap();
-    loop {
-        if let Packet::SubAck(_) = next_v5(&mut events, 10).await.unwrap() {
-            break;
-        }
-    }
-    sub.disconnect().await.unwrap();
-    let _ = next_v5(&mut events, 2).await;
-    session_writes(&server, 3).await;
+    subscribe_and_leave(
+        &server,
+        opts(&server),
+        &format!("channels/{channel}/messages/#"),
+    )
+    .await;
     let r = admin
         .patch(
             &format!("/devices/{}", dev.device),

@@ -165,6 +165,15 @@ pub(crate) struct Delivery {
     pub subscription_ids: Vec<u32>,
 }
 
+/// A QoS level as the engine names it (anything above 2 as 2).
+pub(crate) fn qos_of(q: u8) -> Qos {
+    match q {
+        0 => Qos::AtMostOnce,
+        1 => Qos::AtLeastOnce,
+        _ => Qos::ExactlyOnce,
+    }
+}
+
 impl Delivery {
     /// This delivery as an MQTT 5 PUBLISH: its subscription identifiers,
     /// and the expiry interval `remaining` (at least a second) among its
@@ -186,13 +195,8 @@ impl Delivery {
                 props.push(Property::MessageExpiryInterval(e));
             }
         }
-        let qos = match self.qos {
-            0 => Qos::AtMostOnce,
-            1 => Qos::AtLeastOnce,
-            _ => Qos::ExactlyOnce,
-        };
         let mut b = v5_0::Publish::builder()
-            .qos(qos)
+            .qos(qos_of(self.qos))
             .retain(self.retain)
             .payload(self.msg.payload.clone())
             .props(props);

@@ -27,7 +27,7 @@ use moat_core::message::sessions::{
 use moat_core::store::StoreError;
 use mqtt_protocol_core::mqtt::common::HashSet as EngineSet;
 use mqtt_protocol_core::mqtt::packet::{
-    GenericPacket, GenericPacketTrait, Property, Qos, StorePacket, v3_1_1, v5_0,
+    GenericPacket, GenericPacketTrait, Property, StorePacket, v3_1_1, v5_0,
 };
 use tokio::time::Instant;
 
@@ -265,13 +265,8 @@ fn queued(wire: &[u8]) -> Option<Delivery> {
 /// A will in the store's form: an MQTT 5 PUBLISH with its properties;
 /// `None` if it does not make one.
 pub(crate) fn encode_will(w: &Will) -> Option<Vec<u8>> {
-    let qos = match w.qos {
-        0 => Qos::AtMostOnce,
-        1 => Qos::AtLeastOnce,
-        _ => Qos::ExactlyOnce,
-    };
     let mut b = v5_0::Publish::builder()
-        .qos(qos)
+        .qos(super::qos_of(w.qos))
         .retain(w.retain)
         .payload(w.payload.clone())
         .props(w.props.clone());

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use mqtt_protocol_core::mqtt;
-use mqtt_protocol_core::mqtt::packet::{Qos, SubOpts, v3_1_1, v5_0};
+use mqtt_protocol_core::mqtt::packet::{SubOpts, v3_1_1, v5_0};
 use mqtt_protocol_core::mqtt::result_code::{
     PubrelReasonCode, SubackReasonCode, SubackReturnCode, UnsubackReasonCode,
 };
@@ -13,17 +13,9 @@ use tokio::io::AsyncWrite;
 use tokio::time::Instant;
 
 use super::Conn;
-use crate::broker::{Delivery, SubOptions};
+use crate::broker::{Delivery, SubOptions, qos_of};
 use crate::platform_topics;
 use crate::trie::Subscribed;
-
-fn qos_of(q: u8) -> Qos {
-    match q {
-        0 => Qos::AtMostOnce,
-        1 => Qos::AtLeastOnce,
-        _ => Qos::ExactlyOnce,
-    }
-}
 
 impl<W: AsyncWrite + Unpin + Send> Conn<W> {
     pub(super) async fn on_subscribe(
