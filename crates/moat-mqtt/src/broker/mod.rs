@@ -41,7 +41,6 @@ use crate::platform_topics;
 use crate::trie::SubscriptionTrie;
 
 pub(crate) use access::{DecisionCache, PublishTarget};
-pub(crate) use persist::Held;
 pub(crate) use publish::{
     expiry_of, forwarded, rejection_code, routed_topic, session_live, to_message,
 };

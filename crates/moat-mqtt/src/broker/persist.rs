@@ -106,10 +106,16 @@ fn entry(out: &mut Vec<u8>, tag: u8, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-/// Encodes what a session holds. Deliveries already expired are left out.
-pub(crate) fn encode(held: &Held) -> Vec<u8> {
+/// Encodes what a session holds: the packets sent and not acknowledged,
+/// the QoS 2 packet ids received, the deliveries queued. Deliveries already
+/// expired are left out.
+pub(crate) fn encode(
+    stored: &[StorePacket],
+    qos2: &EngineSet<u16>,
+    queued: &[Delivery],
+) -> Vec<u8> {
     let mut out = Vec::new();
-    for p in &held.stored {
+    for p in stored {
         let tag = match p {
             StorePacket::V3_1_1Publish(_) | StorePacket::V3_1_1Pubrel(_) => tag::SENT_V3,
             StorePacket::V5_0Publish(_) | StorePacket::V5_0Pubrel(_) => tag::SENT_V5,
@@ -117,11 +123,11 @@ pub(crate) fn encode(held: &Held) -> Vec<u8> {
         let wire = GenericPacket::from(p.clone()).to_continuous_buffer();
         entry(&mut out, tag, &wire);
     }
-    for id in &held.qos2 {
+    for id in qos2 {
         entry(&mut out, tag::RECEIVED_QOS2, &id.to_be_bytes());
     }
     let now = Instant::now();
-    for d in &held.queued {
+    for d in queued {
         let remaining = match d.msg.expires_at {
             Some(at) if at <= now => continue,
             Some(at) => Some(at - now),
@@ -513,14 +519,7 @@ impl Broker {
             session.offer(d);
             return;
         }
-        let held = Held {
-            queued: vec![d],
-            ..Held::default()
-        };
-        let delivery = encode(&held);
-        let Some(d) = held.queued.into_iter().next() else {
-            return;
-        };
+        let delivery = encode(&[], &EngineSet::default(), std::slice::from_ref(&d));
         if session.offer(d) && !delivery.is_empty() {
             self.sessions_behind.send(SessionChange::Queued {
                 key: session.store_key(),
@@ -529,18 +528,25 @@ impl Broker {
         }
     }
 
-    /// A persistent session's connection ended holding `stored` (sent, not
-    /// acknowledged), `qos2` and `queued`: written behind whole, replacing
-    /// what was kept of it before. Called under the session's lock.
-    pub(crate) fn session_saved(&self, session: &Session, held: &Held) {
+    /// A persistent session's connection ended (or the server stops)
+    /// holding `stored` (sent, not acknowledged), `qos2` and `queued`:
+    /// written behind whole, replacing what was kept of it before. Called
+    /// under the session's lock.
+    pub(crate) fn session_saved(
+        &self,
+        session: &Session,
+        stored: &[StorePacket],
+        qos2: &EngineSet<u16>,
+        queued: &[Delivery],
+    ) {
         if !session.persisted.load(Ordering::Relaxed)
-            || (held.stored.is_empty() && held.qos2.is_empty() && held.queued.is_empty())
+            || (stored.is_empty() && qos2.is_empty() && queued.is_empty())
         {
             return;
         }
         self.sessions_behind.send(SessionChange::Saved {
             key: session.store_key(),
-            queue: encode(held),
+            queue: encode(stored, qos2, queued),
         });
     }
 
@@ -631,14 +637,9 @@ impl Broker {
             while let Ok(d) = rx.try_recv() {
                 queued.push(d);
             }
-            let held = Held {
-                stored: st.stored.clone(),
-                qos2: st.qos2_handled.clone(),
-                queued,
-            };
-            self.session_saved(&s, &held);
+            self.session_saved(&s, &st.stored, &st.qos2_handled, &queued);
             // Back where they were, should the server go on.
-            for d in held.queued {
+            for d in queued {
                 s.requeue(d);
             }
         }

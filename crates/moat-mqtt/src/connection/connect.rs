@@ -26,7 +26,7 @@ use tokio::io::AsyncWrite;
 use tokio::sync::{Notify, oneshot};
 
 use super::{Conn, Ending, Open};
-use crate::broker::{ClientKey, Delivery, Held, Session, Will};
+use crate::broker::{ClientKey, Delivery, Session, Will};
 
 /// The longest client id accepted, in bytes (MQTT 5.0 §3.1.3.1 lets the
 /// server choose; Mosquitto's default is 65,535, we keep ids log-sized).
@@ -583,13 +583,8 @@ impl<W: AsyncWrite + Unpin + Send> Conn<W> {
                 queued.push(d);
             }
             if persists && ending != Ending::TakenOver {
-                let held = Held {
-                    stored: st.stored.clone(),
-                    qos2: st.qos2_handled.clone(),
-                    queued,
-                };
-                self.broker.session_saved(&session, &held);
-                queued = held.queued;
+                self.broker
+                    .session_saved(&session, &st.stored, &st.qos2_handled, &queued);
             }
             for d in queued {
                 session.requeue(d);
