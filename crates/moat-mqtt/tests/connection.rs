@@ -862,3 +862,100 @@ async fn an_unacknowledged_delivery_is_sent_again_with_dup_on_resume() {
     let (mut s, _) = f.connected("forgetful", session_expiry(60), false).await;
     assert!(s.silent_for(1).await);
 }
+
+/// A session store that remembers what it was told.
+#[derive(Default)]
+struct Recorder(std::sync::Mutex<Vec<moat_core::message::sessions::SessionChange>>);
+
+#[async_trait::async_trait]
+impl moat_core::message::sessions::SessionStore for Recorder {
+    async fn apply_sessions(
+        &self,
+        changes: Vec<moat_core::message::sessions::SessionChange>,
+    ) -> Result<(), moat_core::store::StoreError> {
+        self.0.lock().unwrap().extend(changes);
+        Ok(())
+    }
+
+    async fn load_sessions(
+        &self,
+    ) -> Result<Vec<moat_core::message::sessions::StoredSession>, moat_core::store::StoreError>
+    {
+        Ok(Vec::new())
+    }
+}
+
+/// What the broker writes behind for a persistent session, in order — and
+/// what it does not: nothing for a clean session, nothing for deliveries
+/// to a connected session (the hot path), nothing for QoS 0 while offline.
+#[tokio::test(start_paused = true)]
+async fn a_persistent_sessions_changes_are_written_behind_in_order() {
+    use moat_core::message::sessions::SessionChange as C;
+    let f = fixture(BrokerConfig::default());
+    let recorder = Arc::new(Recorder::default());
+    f.broker
+        .keep_sessions(Arc::clone(&recorder) as _)
+        .await
+        .unwrap();
+    let (mut s, _) = f.connected("keeper", session_expiry(60), false).await;
+    s.subscribe(1, "news", qos1(), vec![]).await;
+    let (mut p, _) = f.connected("p", vec![], true).await;
+    p.publish("news", b"m1", Qos::AtLeastOnce, false, 1, vec![])
+        .await;
+    p.recv().await.unwrap();
+    // Received and never acknowledged; then the connection drops.
+    assert_eq!(
+        publish_of(&s.recv().await.unwrap()).payload().as_slice(),
+        b"m1"
+    );
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    p.publish("news", b"m2", Qos::AtLeastOnce, false, 2, vec![])
+        .await;
+    p.recv().await.unwrap();
+    p.publish("news", b"m3", Qos::AtMostOnce, false, 0, vec![])
+        .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (mut s, connack) = f.connected("keeper", session_expiry(60), false).await;
+    assert_eq!(connack[2] & 1, 1);
+    p.publish("news", b"m4", Qos::AtLeastOnce, false, 3, vec![])
+        .await;
+    p.recv().await.unwrap();
+    // m1 again (DUP), m2, m4.
+    for want in [&b"m1"[..], b"m2", b"m4"] {
+        assert_eq!(
+            publish_of(&s.recv().await.unwrap()).payload().as_slice(),
+            want
+        );
+    }
+    f.broker.save_sessions().await;
+
+    let written = recorder.0.lock().unwrap().clone();
+    let kinds: Vec<String> = written
+        .iter()
+        .map(|c| match c {
+            C::Connected { key, fresh, .. } => format!("connected {} fresh={fresh}", key.client_id),
+            C::Subscribed { subscription, .. } => format!("subscribed {}", subscription.filter),
+            C::Unsubscribed { filter, .. } => format!("unsubscribed {filter}"),
+            C::Disconnected { .. } => "disconnected".into(),
+            C::Saved { .. } => "saved".into(),
+            C::Queued { .. } => "queued".into(),
+            C::WillPending { .. } => "will pending".into(),
+            C::WillGone(_) => "will gone".into(),
+            C::Ended(k) => format!("ended {}", k.client_id),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "connected keeper fresh=true",
+            "subscribed news",
+            // m1, sent and not acknowledged.
+            "saved",
+            "disconnected",
+            // m2; not m3 (QoS 0), not m4 (connected).
+            "queued",
+            "connected keeper fresh=false",
+        ]
+    );
+}
