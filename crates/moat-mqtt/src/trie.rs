@@ -187,6 +187,17 @@ impl<S: Copy + Eq + Hash, T> Subscriptions<S, T> {
         }
     }
 
+    fn get(&self, subscriber: S, share: Option<&str>) -> Option<&T> {
+        let Some(name) = share else {
+            return self.direct.get(&subscriber);
+        };
+        let g = self.groups.iter().find(|g| *g.name == *name)?;
+        g.members
+            .iter()
+            .find(|(s, _)| *s == subscriber)
+            .map(|(_, t)| t)
+    }
+
     fn remove(&mut self, subscriber: S, share: Option<&str>) -> bool {
         let Some(name) = share else {
             let removed = self.direct.remove(&subscriber).is_some();
@@ -393,6 +404,26 @@ impl<S: Copy + Eq + Hash, T> SubscriptionTrie<S, T> {
             .get(&subscriber)
             .into_iter()
             .flat_map(|filters| filters.keys().map(|f| &**f))
+    }
+
+    /// Each filter `subscriber` holds with its data, in no particular order.
+    pub fn subscriptions_of(&self, subscriber: S) -> impl Iterator<Item = (&str, &T)> {
+        self.by_subscriber
+            .get(&subscriber)
+            .into_iter()
+            .flat_map(move |filters| {
+                filters.iter().filter_map(move |(filter, &node)| {
+                    let parsed = split_share(filter);
+                    let node = &self.nodes[node];
+                    let set = if placement(parsed.filter).multi {
+                        &node.multi
+                    } else {
+                        &node.exact
+                    };
+                    let data = set.as_ref()?.get(subscriber, parsed.share_name)?;
+                    Some((&**filter, data))
+                })
+            })
     }
 
     /// Calls `f` once per subscription matching `topic`: every plain one,

@@ -959,3 +959,38 @@ async fn a_persistent_sessions_changes_are_written_behind_in_order() {
         ]
     );
 }
+
+/// A session that did not outlive its connection, taken over by one that
+/// asks it to: the store gets it whole, with the subscriptions it already
+/// had.
+#[tokio::test(start_paused = true)]
+async fn a_session_that_becomes_persistent_is_written_with_its_subscriptions() {
+    use moat_core::message::sessions::SessionChange as C;
+    let f = fixture(BrokerConfig::default());
+    let recorder = Arc::new(Recorder::default());
+    f.broker
+        .keep_sessions(Arc::clone(&recorder) as _)
+        .await
+        .unwrap();
+    // Clean start off, no expiry: the session ends with the connection.
+    let (mut a, _) = f.connected("shifty", vec![], false).await;
+    a.subscribe(1, "news/#", qos1(), vec![]).await;
+    let (_b, connack) = f.connected("shifty", session_expiry(60), false).await;
+    assert_eq!(connack[2] & 1, 1, "taken over: present");
+    assert!(
+        a.recv().await.is_some_and(|p| p[0] == 0xE0),
+        "DISCONNECT 0x8E"
+    );
+    f.broker.save_sessions().await;
+    let written = recorder.0.lock().unwrap().clone();
+    assert!(
+        matches!(
+            &written[..],
+            [
+                C::Connected { fresh: true, expiry: 60, .. },
+                C::Subscribed { subscription, .. },
+            ] if subscription.filter == "news/#" && subscription.id.is_none()
+        ),
+        "{written:?}"
+    );
+}

@@ -565,12 +565,21 @@ impl Broker {
             }
             return;
         }
-        session.persisted.store(true, Ordering::Relaxed);
+        let first = !session.persisted.swap(true, Ordering::Relaxed);
         self.sessions_behind.send(SessionChange::Connected {
             key: session.store_key(),
             expiry: seconds(expiry),
-            fresh,
+            fresh: fresh || first,
         });
+        if first && !fresh {
+            // A session that until now did not outlive its connection,
+            // resumed by one that asks it to: what it already has goes
+            // into the store too.
+            let trie = self.trie.read().unwrap_or_else(|p| p.into_inner());
+            for (filter, opts) in trie.subscriptions_of(session.id) {
+                self.session_subscribed(session, filter, opts);
+            }
+        }
     }
 
     pub(crate) fn session_subscribed(&self, session: &Session, filter: &str, opts: &SubOptions) {

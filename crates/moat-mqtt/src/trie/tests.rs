@@ -806,3 +806,31 @@ proptest! {
         );
     }
 }
+
+#[test]
+fn a_subscribers_subscriptions_come_back_with_their_data() {
+    let mut trie = SubscriptionTrie::new();
+    trie.subscribe(1u64, "a/b", options(0, None)).unwrap();
+    trie.subscribe(1, "a/#", options(1, Some(7))).unwrap();
+    trie.subscribe(1, "$share/g/a/+", options(2, None)).unwrap();
+    trie.subscribe(2, "a/b", options(1, None)).unwrap();
+    trie.subscribe(2, "$share/g/a/+", options(0, None)).unwrap();
+    // Replaced, not added.
+    trie.subscribe(1, "a/b", options(2, Some(3))).unwrap();
+    let mut got: Vec<(String, Options)> = trie
+        .subscriptions_of(1)
+        .map(|(f, o)| (f.to_owned(), *o))
+        .collect();
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        got,
+        [
+            ("$share/g/a/+".to_owned(), options(2, None)),
+            ("a/#".to_owned(), options(1, Some(7))),
+            ("a/b".to_owned(), options(2, Some(3))),
+        ]
+    );
+    trie.remove_subscriber(1);
+    assert_eq!(trie.subscriptions_of(1).count(), 0);
+    assert_eq!(trie.subscriptions_of(2).count(), 2);
+}
