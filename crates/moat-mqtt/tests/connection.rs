@@ -22,6 +22,7 @@ use mqtt_protocol_core::mqtt::packet::{
     MessageExpiryInterval, Property, Qos, SessionExpiryInterval, SubEntry, SubOpts, TopicAlias,
     WillDelayInterval, v5_0,
 };
+use mqtt_protocol_core::mqtt::result_code::DisconnectReasonCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::watch;
 
@@ -993,4 +994,46 @@ async fn a_session_that_becomes_persistent_is_written_with_its_subscriptions() {
         ),
         "{written:?}"
     );
+}
+
+/// A DISCONNECT's Session Expiry Interval (§3.14.2.2.2): zero ends a
+/// persistent session there and then; a session connected without one may
+/// not be given one (DISCONNECT 0x82, and its will goes out).
+#[tokio::test(start_paused = true)]
+async fn a_disconnect_can_end_a_session_but_not_make_one_persistent() {
+    let f = fixture(BrokerConfig::default());
+    let (mut s, _) = f.connected("brief", session_expiry(600), false).await;
+    s.subscribe(1, "news", qos1(), vec![]).await;
+    let bye = v5_0::Disconnect::builder()
+        .reason_code(DisconnectReasonCode::NormalDisconnection)
+        .props(session_expiry(0))
+        .build()
+        .unwrap();
+    s.send(&bye.to_continuous_buffer()).await;
+    assert!(s.recv().await.is_none());
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let (_s, connack) = f.connected("brief", session_expiry(600), false).await;
+    assert_eq!(connack[2] & 1, 0, "the session ended with the DISCONNECT");
+
+    let (mut watcher, _) = f.connected("watcher", vec![], true).await;
+    watcher.subscribe(1, "status/#", qos1(), vec![]).await;
+    let mut c = f.client();
+    let connect = v5_0::Connect::builder()
+        .client_id("sly")
+        .unwrap()
+        .will_message("status/sly", "gone", Qos::AtMostOnce, false)
+        .unwrap()
+        .build()
+        .unwrap();
+    c.send(&connect.to_continuous_buffer()).await;
+    c.recv().await.unwrap();
+    let bye = v5_0::Disconnect::builder()
+        .reason_code(DisconnectReasonCode::NormalDisconnection)
+        .props(session_expiry(600))
+        .build()
+        .unwrap();
+    c.send(&bye.to_continuous_buffer()).await;
+    assert_eq!(disconnect_reason(&c.recv().await.unwrap()), 0x82);
+    let will = publish_of(&watcher.recv().await.unwrap());
+    assert_eq!(will.topic_name(), "status/sly");
 }

@@ -25,7 +25,7 @@ use moat_core::sessions::{CutReason, SessionGuard};
 use mqtt_protocol_core::mqtt;
 use mqtt_protocol_core::mqtt::common::Cursor;
 use mqtt_protocol_core::mqtt::connection::{Event, TimerKind};
-use mqtt_protocol_core::mqtt::packet::{GenericPacket, GenericPacketTrait, v5_0};
+use mqtt_protocol_core::mqtt::packet::{GenericPacket, GenericPacketTrait, Property, v5_0};
 use mqtt_protocol_core::mqtt::result_code::{DisconnectReasonCode, MqttError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
@@ -388,6 +388,25 @@ impl<W: AsyncWrite + Unpin + Send> Conn<W> {
                 self.ending.get_or_insert(Ending::Closed);
             }
             GenericPacket::V5_0Disconnect(d) => {
+                // A new Session Expiry Interval (§3.14.2.2.2): a session
+                // connected without one may not be given one now — that is
+                // no valid DISCONNECT, and the will stays due.
+                let expiry = d.props.iter().flatten().find_map(|p| match p {
+                    Property::SessionExpiryInterval(e) => Some(e.val()),
+                    _ => None,
+                });
+                if let (Some(secs), Some(o)) = (expiry, &self.open) {
+                    let max = self.broker.config.max_session_expiry;
+                    let mut st = o.session.lock();
+                    if st.expiry.is_zero() && secs > 0 {
+                        drop(st);
+                        return self.violation(
+                            0x82,
+                            "a DISCONNECT may not give a session expiry to a session connected without one",
+                        );
+                    }
+                    st.expiry = Duration::from_secs(u64::from(secs)).min(max);
+                }
                 let with_will =
                     d.reason_code() == Some(DisconnectReasonCode::DisconnectWithWillMessage);
                 if let Some(o) = &mut self.open {
