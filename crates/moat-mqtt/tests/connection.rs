@@ -19,8 +19,8 @@ use moat_core::store::Store;
 use moat_mqtt::protocol::{self, Frame};
 use moat_mqtt::{Broker, BrokerConfig, Peer};
 use mqtt_protocol_core::mqtt::packet::{
-    MessageExpiryInterval, Property, Qos, SessionExpiryInterval, SubEntry, SubOpts, TopicAlias,
-    WillDelayInterval, v5_0,
+    AuthenticationMethod, MessageExpiryInterval, Property, Qos, SessionExpiryInterval, SubEntry,
+    SubOpts, TopicAlias, WillDelayInterval, v5_0,
 };
 use mqtt_protocol_core::mqtt::result_code::DisconnectReasonCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
@@ -768,6 +768,28 @@ async fn an_unsupported_protocol_level_gets_connack_0x01() {
         );
         assert!(c.recv().await.is_none());
     }
+}
+
+/// MQTT-4.12.0-1: enhanced authentication is not offered, so a CONNECT
+/// naming an Authentication Method gets CONNACK 0x8C and the connection
+/// closes.
+#[tokio::test(start_paused = true)]
+async fn an_authentication_method_gets_connack_0x8c() {
+    let f = fixture(BrokerConfig::default());
+    let mut c = f.client();
+    let connect = v5_0::Connect::builder()
+        .client_id("scram")
+        .unwrap()
+        .props(vec![Property::AuthenticationMethod(
+            AuthenticationMethod::new("SCRAM-SHA-256").unwrap(),
+        )])
+        .build()
+        .unwrap();
+    c.send(&connect.to_continuous_buffer()).await;
+    let connack = c.recv().await.expect("CONNACK");
+    assert_eq!((connack[0], connack[3]), (0x20, 0x8C), "{connack:?}");
+    assert!(c.recv().await.is_none());
+    assert_eq!(f.broker.session_count(), 0);
 }
 
 #[tokio::test(start_paused = true)]

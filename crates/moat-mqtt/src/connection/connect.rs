@@ -46,6 +46,9 @@ pub(super) struct Connect {
     session_expiry: u32,
     receive_maximum: Option<u16>,
     problem_info: bool,
+    /// An MQTT 5 Authentication Method (enhanced authentication), which
+    /// the broker does not offer.
+    auth_method: bool,
 }
 
 impl Connect {
@@ -68,6 +71,7 @@ impl Connect {
             session_expiry: if c.clean_session() { 0 } else { u32::MAX },
             receive_maximum: None,
             problem_info: false,
+            auth_method: false,
         }
     }
 
@@ -75,8 +79,10 @@ impl Connect {
         let mut session_expiry = 0;
         let mut receive_maximum = None;
         let mut problem_info = true;
+        let mut auth_method = false;
         for p in &c.props {
             match p {
+                Property::AuthenticationMethod(_) => auth_method = true,
                 Property::SessionExpiryInterval(v) => session_expiry = v.val(),
                 Property::ReceiveMaximum(v) => receive_maximum = Some(v.val()),
                 Property::RequestProblemInformation(v) => problem_info = v.val() != 0,
@@ -114,6 +120,7 @@ impl Connect {
             session_expiry,
             receive_maximum,
             problem_info,
+            auth_method,
         }
     }
 }
@@ -154,6 +161,18 @@ fn refusal(codes: (ConnectReasonCode, ConnectReturnCode), reason: &'static str) 
 
 impl<W: AsyncWrite + Unpin + Send> Conn<W> {
     pub(super) async fn on_connect(&mut self, c: Connect) {
+        if c.auth_method {
+            // MQTT-4.12.0-1: an authentication method the server does not
+            // support is refused and the connection closed.
+            return self.refuse_connect(
+                &c,
+                Refusal {
+                    v5: ConnectReasonCode::BadAuthenticationMethod,
+                    v3: ConnectReturnCode::NotAuthorized,
+                    reason: "enhanced authentication is not offered; use a client certificate or a device key",
+                },
+            );
+        }
         let principal = match self.authenticate(&c).await {
             Ok(p) => p,
             Err(r) => return self.refuse_connect(&c, r),
