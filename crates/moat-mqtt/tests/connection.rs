@@ -404,6 +404,22 @@ async fn topic_aliases_from_the_client_are_resolved() {
     }
 }
 
+/// A topic alias above the broker's Topic Alias Maximum, or one never
+/// set used with an empty topic name, is DISCONNECT 0x94 (Topic Alias
+/// invalid).
+#[tokio::test]
+async fn a_topic_alias_out_of_range_or_unknown_is_0x94() {
+    let f = fixture(BrokerConfig::default());
+    let alias = |n| vec![Property::TopicAlias(TopicAlias::new(n).unwrap())];
+    for (topic, n, code) in [("a/b", 65, 0x94), ("", 7, 0x94)] {
+        let (mut p, _) = f.connected("aliaser", vec![], true).await;
+        p.publish(topic, b"x", Qos::AtLeastOnce, false, 1, alias(n))
+            .await;
+        let got = p.recv().await.expect("DISCONNECT");
+        assert_eq!(disconnect_reason(&got), code, "alias {n} on {topic:?}");
+    }
+}
+
 #[tokio::test]
 async fn shared_subscriptions_take_turns() {
     let f = fixture(BrokerConfig::default());
