@@ -19,8 +19,8 @@ use moat_core::store::Store;
 use moat_mqtt::protocol::{self, Frame};
 use moat_mqtt::{Broker, BrokerConfig, Peer};
 use mqtt_protocol_core::mqtt::packet::{
-    AuthenticationMethod, MessageExpiryInterval, Property, Qos, SessionExpiryInterval, SubEntry,
-    SubOpts, TopicAlias, WillDelayInterval, v5_0,
+    AuthenticationMethod, MessageExpiryInterval, Property, Qos, ResponseTopic,
+    SessionExpiryInterval, SubEntry, SubOpts, TopicAlias, WillDelayInterval, v5_0,
 };
 use mqtt_protocol_core::mqtt::result_code::DisconnectReasonCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
@@ -417,6 +417,38 @@ async fn a_topic_alias_out_of_range_or_unknown_is_0x94() {
             .await;
         let got = p.recv().await.expect("DISCONNECT");
         assert_eq!(disconnect_reason(&got), code, "alias {n} on {topic:?}");
+    }
+}
+
+/// MQTT-3.3.2-14: a Response Topic with wildcards is a protocol error —
+/// DISCONNECT 0x82 on a PUBLISH, CONNACK 0x82 in a will. A will topic with
+/// wildcards is CONNACK 0x90.
+#[tokio::test]
+async fn wildcards_in_a_response_topic_or_will_topic_are_refused() {
+    let f = fixture(BrokerConfig::default());
+    let wild_reply = || {
+        vec![Property::ResponseTopic(
+            ResponseTopic::new("replies/#").unwrap(),
+        )]
+    };
+    let (mut p, _) = f.connected("asker", vec![], true).await;
+    p.publish("ask", b"x", Qos::AtLeastOnce, false, 1, wild_reply())
+        .await;
+    assert_eq!(disconnect_reason(&p.recv().await.unwrap()), 0x82);
+    for (topic, props, code) in [("status/+", vec![], 0x90), ("status/x", wild_reply(), 0x82)] {
+        let mut c = f.client();
+        let connect = v5_0::Connect::builder()
+            .client_id("wild")
+            .unwrap()
+            .will_message(topic, "bye", Qos::AtMostOnce, false)
+            .unwrap()
+            .will_props(props)
+            .build()
+            .unwrap();
+        c.send(&connect.to_continuous_buffer()).await;
+        let connack = c.recv().await.expect("CONNACK");
+        assert_eq!((connack[0], connack[3]), (0x20, code), "{topic}");
+        assert!(c.recv().await.is_none());
     }
 }
 

@@ -42,7 +42,8 @@ use crate::trie::SubscriptionTrie;
 
 pub(crate) use access::{DecisionCache, PublishTarget};
 pub(crate) use publish::{
-    expiry_of, forwarded, rejection_code, routed_topic, session_live, to_message,
+    bad_response_topic, expiry_of, forwarded, rejection_code, routed_topic, session_live,
+    to_message,
 };
 pub(crate) use retained::Retained;
 pub(crate) use session::{ClientKey, Session, Will};

@@ -77,6 +77,14 @@ pub(crate) fn to_message(
 }
 
 /// The Message Expiry Interval of a PUBLISH, as a deadline.
+/// Whether `props` hold a Response Topic that is no valid topic name
+/// (wildcards, MQTT-3.3.2-14).
+pub(crate) fn bad_response_topic(props: &[Property]) -> bool {
+    props.iter().any(
+        |p| matches!(p, Property::ResponseTopic(t) if crate::check_topic_name(t.val()).is_err()),
+    )
+}
+
 pub(crate) fn expiry_of(props: &[Property]) -> Option<Instant> {
     props.iter().find_map(|p| match p {
         Property::MessageExpiryInterval(e) => {

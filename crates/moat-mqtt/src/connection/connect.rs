@@ -205,7 +205,7 @@ impl<W: AsyncWrite + Unpin + Send> Conn<W> {
         };
         if let Some(w) = &c.will {
             if let Err(r) = self.authorize_will(principal.as_ref(), w).await {
-                return self.refuse_connect(&c, refusal(NOT_AUTHORIZED, r));
+                return self.refuse_connect(&c, r);
             }
         }
         let span = tracing::Span::current();
@@ -460,9 +460,21 @@ impl<W: AsyncWrite + Unpin + Send> Conn<W> {
         &mut self,
         principal: Option<&Principal>,
         w: &Will,
-    ) -> Result<(), &'static str> {
+    ) -> Result<(), Refusal> {
         if crate::check_topic_name(&w.topic).is_err() {
-            return Err("invalid will topic");
+            return Err(Refusal {
+                v5: ConnectReasonCode::TopicNameInvalid,
+                v3: ConnectReturnCode::NotAuthorized,
+                reason: "invalid will topic",
+            });
+        }
+        if crate::broker::bad_response_topic(&w.props) {
+            // MQTT-3.3.2-14, for the will's properties too.
+            return Err(Refusal {
+                v5: ConnectReasonCode::ProtocolError,
+                v3: ConnectReturnCode::NotAuthorized,
+                reason: "a Response Topic may not contain wildcards",
+            });
         }
         match self
             .broker
@@ -470,7 +482,7 @@ impl<W: AsyncWrite + Unpin + Send> Conn<W> {
             .await
         {
             Ok(_) => Ok(()),
-            Err(r) => Err(r.reason),
+            Err(r) => Err(refusal(NOT_AUTHORIZED, r.reason)),
         }
     }
 

@@ -88,6 +88,10 @@ impl<W: AsyncWrite + Unpin + Send> Conn<W> {
             if crate::check_topic_name(&p.topic).is_err() {
                 return self.violation(0x90, "invalid topic name");
             }
+            if broker::bad_response_topic(&p.props) {
+                // MQTT-3.3.2-14.
+                return self.violation(0x82, "a Response Topic may not contain wildcards");
+            }
             self.tokens -= 1.0;
             // MQTT-3.3.2-4 lets the receiver check a payload that claims to
             // be UTF-8; Moat does (0x99).
