@@ -956,18 +956,24 @@ impl moat_core::message::sessions::SessionStore for Recorder {
     }
 }
 
-/// What the broker writes behind for a persistent session, in order — and
-/// what it does not: nothing for a clean session, nothing for deliveries
-/// to a connected session (the hot path), nothing for QoS 0 while offline.
-#[tokio::test(start_paused = true)]
-async fn a_persistent_sessions_changes_are_written_behind_in_order() {
-    use moat_core::message::sessions::SessionChange as C;
+/// A broker that keeps its sessions in a [`Recorder`].
+async fn recorded() -> (Fixture, Arc<Recorder>) {
     let f = fixture(BrokerConfig::default());
     let recorder = Arc::new(Recorder::default());
     f.broker
         .keep_sessions(Arc::clone(&recorder) as _)
         .await
         .unwrap();
+    (f, recorder)
+}
+
+/// What the broker writes behind for a persistent session, in order — and
+/// what it does not: nothing for a clean session, nothing for deliveries
+/// to a connected session (the hot path), nothing for QoS 0 while offline.
+#[tokio::test(start_paused = true)]
+async fn a_persistent_sessions_changes_are_written_behind_in_order() {
+    use moat_core::message::sessions::SessionChange as C;
+    let (f, recorder) = recorded().await;
     let (mut s, _) = f.connected("keeper", session_expiry(60), false).await;
     s.subscribe(1, "news", qos1(), vec![]).await;
     let (mut p, _) = f.connected("p", vec![], true).await;
@@ -1037,12 +1043,7 @@ async fn a_persistent_sessions_changes_are_written_behind_in_order() {
 #[tokio::test(start_paused = true)]
 async fn a_session_that_becomes_persistent_is_written_with_its_subscriptions() {
     use moat_core::message::sessions::SessionChange as C;
-    let f = fixture(BrokerConfig::default());
-    let recorder = Arc::new(Recorder::default());
-    f.broker
-        .keep_sessions(Arc::clone(&recorder) as _)
-        .await
-        .unwrap();
+    let (f, recorder) = recorded().await;
     // Clean start off, no expiry: the session ends with the connection.
     let (mut a, _) = f.connected("shifty", vec![], false).await;
     a.subscribe(1, "news/#", qos1(), vec![]).await;
