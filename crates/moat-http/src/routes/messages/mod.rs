@@ -103,6 +103,21 @@ async fn publish_to(
         ),
     };
     let channel = open_channel(s, caller, id, MessageAccess::Publish).await?;
+    // A body announced over the transport's limit is refused before a byte
+    // of it is read: the client need not send it.
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if let Some(size) = announced.filter(|&n| n > message::MAX_PAYLOAD) {
+        return Err(reject(
+            Protocol::Http,
+            &Rejection::TooLarge {
+                size,
+                limit: message::MAX_PAYLOAD,
+            },
+        ));
+    }
     // The transport's own limit (MAX_BODY) bounds this read; the channel's,
     // possibly lower, is `accept`'s to enforce.
     let payload = axum::body::to_bytes(body, message::MAX_PAYLOAD)
