@@ -49,6 +49,10 @@ mod tag {
     /// Identifiers and the Message Expiry Interval left among its
     /// properties).
     pub(super) const QUEUED: u8 = 4;
+    /// When the entries after it were written, µs since the Unix epoch (8
+    /// bytes, big-endian): what the expiry intervals left count from, so
+    /// that the time the server was down counts too.
+    pub(super) const WRITTEN_AT: u8 = 5;
 }
 
 /// A saved queue's entries at most: a bound on what a corrupt one makes
@@ -127,6 +131,7 @@ pub(crate) fn encode(
         entry(&mut out, tag::RECEIVED_QOS2, &id.to_be_bytes());
     }
     let now = Instant::now();
+    let mut dated = false;
     for d in queued {
         let remaining = match d.msg.expires_at {
             Some(at) if at <= now => continue,
@@ -135,6 +140,10 @@ pub(crate) fn encode(
         };
         let packet_id = (d.qos > 0).then_some(1);
         if let Ok(p) = d.v5_publish(packet_id, remaining) {
+            if !dated {
+                entry(&mut out, tag::WRITTEN_AT, &now_micros().to_be_bytes());
+                dated = true;
+            }
             entry(&mut out, tag::QUEUED, &p.to_continuous_buffer());
         }
     }
@@ -142,9 +151,17 @@ pub(crate) fn encode(
 }
 
 /// Decodes a saved queue; entries that do not decode are skipped and
-/// counted in the second value.
+/// counted in the second value. Deliveries whose expiry interval ran out
+/// since they were written (the server down included) are left out.
 pub(crate) fn decode(bytes: &[u8]) -> (Held, usize) {
+    decode_at(bytes, now_micros())
+}
+
+/// [`decode`] at wall-clock time `now` (µs since the Unix epoch).
+fn decode_at(bytes: &[u8], now: i64) -> (Held, usize) {
     let mut held = Held::default();
+    // Since the entries that follow were written.
+    let mut elapsed = Duration::ZERO;
     let mut skipped = 0;
     let mut rest = bytes;
     let mut entries = 0;
@@ -180,12 +197,22 @@ pub(crate) fn decode(bytes: &[u8]) -> (Held, usize) {
                 }
                 _ => false,
             },
-            tag::QUEUED => match queued(body) {
-                Some(d) => {
+            tag::QUEUED => match queued(body, elapsed) {
+                Some(Some(d)) => {
                     held.queued.push(d);
                     true
                 }
+                // Expired meanwhile.
+                Some(None) => true,
                 None => false,
+            },
+            tag::WRITTEN_AT => match <[u8; 8]>::try_from(body) {
+                Ok(b) => {
+                    let since = now.saturating_sub(i64::from_be_bytes(b));
+                    elapsed = Duration::from_micros(u64::try_from(since).unwrap_or(0));
+                    true
+                }
+                Err(_) => false,
             },
             _ => false,
         };
@@ -232,7 +259,9 @@ fn sent_packet(v5: bool, wire: &[u8]) -> Option<StorePacket> {
     }
 }
 
-fn queued(wire: &[u8]) -> Option<Delivery> {
+/// A queued delivery written `elapsed` ago; `Some(None)` if its expiry
+/// interval has run out since, `None` if it does not decode.
+fn queued(wire: &[u8], elapsed: Duration) -> Option<Option<Delivery>> {
     let (kind, flags, body) = split_packet(wire)?;
     if kind != 3 {
         return None;
@@ -245,14 +274,18 @@ fn queued(wire: &[u8]) -> Option<Delivery> {
         match prop {
             Property::SubscriptionIdentifier(s) => subscription_ids.push(s.val()),
             Property::MessageExpiryInterval(e) => {
-                expires_at = Some(Instant::now() + Duration::from_secs(u64::from(e.val())));
+                let left = Duration::from_secs(u64::from(e.val())).checked_sub(elapsed);
+                match left {
+                    Some(left) if !left.is_zero() => expires_at = Some(Instant::now() + left),
+                    _ => return Some(None),
+                }
             }
             other => props.push(other.clone()),
         }
     }
     let qos = p.qos() as u8;
     let retain = p.retain();
-    Some(Delivery {
+    Some(Some(Delivery {
         msg: Arc::new(Routed {
             topic: p.topic_name().into(),
             payload: p.payload().clone(),
@@ -265,7 +298,7 @@ fn queued(wire: &[u8]) -> Option<Delivery> {
         qos,
         retain,
         subscription_ids,
-    })
+    }))
 }
 
 /// A will in the store's form: an MQTT 5 PUBLISH with its properties;

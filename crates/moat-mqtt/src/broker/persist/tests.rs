@@ -183,3 +183,26 @@ fn a_will_round_trips_through_its_stored_form() {
     assert!(decode_will(&stored[..stored.len() - 1], Duration::ZERO).is_none());
     assert!(decode_will(b"", Duration::ZERO).is_none());
 }
+
+#[test]
+fn the_time_a_queue_spent_in_the_store_counts_against_expiry() {
+    let mut brief = delivery("e", b"brief", 1);
+    Arc::get_mut(&mut brief.msg).unwrap().expires_at =
+        Some(Instant::now() + Duration::from_secs(60));
+    let lasting = delivery("l", b"lasting", 1);
+    let bytes = encode(&[], &EngineSet::default(), &[brief, lasting]);
+    let written = now_micros();
+    // Thirty seconds later: half the interval is left.
+    let (back, skipped) = decode_at(&bytes, written + 30_000_000);
+    assert_eq!((back.queued.len(), skipped), (2, 0));
+    let left = back.queued[0].msg.expires_at.unwrap() - Instant::now();
+    assert!(
+        left > Duration::from_secs(28) && left <= Duration::from_secs(30),
+        "{left:?}"
+    );
+    assert!(back.queued[1].msg.expires_at.is_none());
+    // Past it: gone, and not counted as unreadable.
+    let (back, skipped) = decode_at(&bytes, written + 61_000_000);
+    assert_eq!((back.queued.len(), skipped), (1, 0));
+    assert_eq!(back.queued[0].msg.payload.as_slice(), b"lasting");
+}
