@@ -934,6 +934,45 @@ async fn an_unacknowledged_delivery_is_sent_again_with_dup_on_resume() {
     assert!(s.silent_for(1).await);
 }
 
+/// A QoS 1 delivery sent and not acknowledged goes out again on resume
+/// with its Message Expiry Interval less the time it waited (§3.3.2.3.3);
+/// one whose interval ran out meanwhile does not.
+#[tokio::test(start_paused = true)]
+async fn a_resent_delivery_has_waited_its_wait_off_its_expiry() {
+    let f = fixture(BrokerConfig::default());
+    let (mut s, _) = f.connected("slow", session_expiry(600), false).await;
+    s.subscribe(1, "news", qos1(), vec![]).await;
+    let (mut p, _) = f.connected("p", vec![], true).await;
+    let expiry = |n| {
+        vec![Property::MessageExpiryInterval(
+            MessageExpiryInterval::new(n).unwrap(),
+        )]
+    };
+    p.publish("news", b"long", Qos::AtLeastOnce, false, 1, expiry(100))
+        .await;
+    p.recv().await.unwrap();
+    p.publish("news", b"short", Qos::AtLeastOnce, false, 2, expiry(20))
+        .await;
+    p.recv().await.unwrap();
+    for _ in 0..2 {
+        publish_of(&s.recv().await.unwrap());
+    }
+    // Gone without acknowledging either; back 30 s later.
+    drop(s);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let (mut s, connack) = f.connected("slow", session_expiry(600), false).await;
+    assert_eq!(connack[2] & 1, 1);
+    let again = publish_of(&s.recv().await.unwrap());
+    assert!(again.dup());
+    assert_eq!(again.payload().as_slice(), b"long");
+    let left = again.props().iter().find_map(|x| match x {
+        Property::MessageExpiryInterval(e) => Some(e.val()),
+        _ => None,
+    });
+    assert!(matches!(left, Some(69..=70)), "{left:?}");
+    assert!(s.silent_for(1).await, "the short one expired meanwhile");
+}
+
 /// A session store that remembers what it was told.
 #[derive(Default)]
 struct Recorder(std::sync::Mutex<Vec<moat_core::message::sessions::SessionChange>>);

@@ -46,7 +46,7 @@ pub(crate) use publish::{
     to_message,
 };
 pub(crate) use retained::Retained;
-pub(crate) use session::{ClientKey, Session, Will};
+pub(crate) use session::{ClientKey, Session, Will, aged};
 
 /// The broker's limits and switches; the binary fills it from its
 /// configuration.

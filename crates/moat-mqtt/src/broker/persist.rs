@@ -425,6 +425,10 @@ impl Broker {
         };
         let session = self.open_session(client_key, principal, expiry);
         session.persisted.store(true, Ordering::Relaxed);
+        // Its unacknowledged packets have waited since the connection
+        // ended, the time the server was down included.
+        let waited = Duration::from_micros(u64::try_from(now - ended_at).unwrap_or(0));
+        session.lock().ended = Instant::now().checked_sub(waited);
         for sub in s.subscriptions {
             if !self.resubscribe(&session, &sub).await {
                 metrics::counter!("moat_mqtt_session_subscriptions_dropped_total").increment(1);

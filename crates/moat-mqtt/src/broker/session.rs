@@ -17,8 +17,9 @@ use std::time::Duration;
 use moat_core::authz::Principal;
 use moat_core::{ChannelId, DeviceId};
 use mqtt_protocol_core::mqtt::ArcPayload;
-use mqtt_protocol_core::mqtt::packet::{Property, StorePacket};
+use mqtt_protocol_core::mqtt::packet::{MessageExpiryInterval, Property, StorePacket, v5_0};
 use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::time::Instant;
 
 use super::Delivery;
 use crate::platform_topics::TopicTarget;
@@ -66,6 +67,67 @@ pub(crate) struct SessionState {
     pub generation: u64,
     /// A will waiting for its delay; resuming the session cancels it.
     pub pending_will: Option<tokio::task::AbortHandle>,
+    /// When its last connection ended: how long `stored` has waited.
+    pub ended: Option<Instant>,
+}
+
+/// The QoS 1 and 2 PUBLISHes of `stored` as they go out again after
+/// waiting `waited`: an MQTT 5 one's Message Expiry Interval less the
+/// wait (§3.3.2.3.3), and one whose interval ran out meanwhile not sent
+/// again. PUBRELs and MQTT 3.1.1 packets as they were.
+pub(crate) fn aged(stored: Vec<StorePacket>, waited: Duration) -> Vec<StorePacket> {
+    let waited = waited.as_secs();
+    if waited == 0 {
+        return stored;
+    }
+    stored
+        .into_iter()
+        .filter_map(|packet| {
+            let StorePacket::V5_0Publish(p) = &packet else {
+                return Some(packet);
+            };
+            let Some(interval) = p.props.iter().find_map(|x| match x {
+                Property::MessageExpiryInterval(e) => Some(u64::from(e.val())),
+                _ => None,
+            }) else {
+                return Some(packet);
+            };
+            if interval <= waited {
+                metrics::counter!("moat_mqtt_dropped_total", "reason" => "expired").increment(1);
+                return None;
+            }
+            if p.topic_name().is_empty() {
+                // Sent with a topic alias only: left as it was.
+                return Some(packet);
+            }
+            let left = u32::try_from(interval - waited).unwrap_or(u32::MAX);
+            let props: Vec<Property> = p
+                .props
+                .iter()
+                .map(|x| match x {
+                    Property::MessageExpiryInterval(_) => MessageExpiryInterval::new(left)
+                        .map(Property::MessageExpiryInterval)
+                        .unwrap_or_else(|_| x.clone()),
+                    other => other.clone(),
+                })
+                .collect();
+            let mut b = v5_0::Publish::builder()
+                .qos(p.qos())
+                .retain(p.retain())
+                .dup(p.dup())
+                .payload(p.payload().clone())
+                .props(props);
+            if let Some(id) = p.packet_id() {
+                b = b.packet_id(id);
+            }
+            let rebuilt = b
+                .topic_name(p.topic_name())
+                .and_then(|b| b.build())
+                .ok()
+                .and_then(|p| StorePacket::try_from(p).ok());
+            Some(rebuilt.unwrap_or(packet))
+        })
+        .collect()
 }
 
 pub(crate) struct Session {

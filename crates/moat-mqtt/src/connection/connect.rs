@@ -229,12 +229,13 @@ impl<W: AsyncWrite + Unpin + Send> Conn<W> {
 
         // The session's unacknowledged packets go back into the engine,
         // which resends them once the CONNACK is out.
-        let (rx, stored, qos2) = {
+        let (rx, stored, qos2, ended) = {
             let mut st = session.lock();
             (
                 st.rx.take(),
                 std::mem::take(&mut st.stored),
                 std::mem::take(&mut st.qos2_handled),
+                st.ended.take(),
             )
         };
         let Some(rx) = rx else {
@@ -243,7 +244,9 @@ impl<W: AsyncWrite + Unpin + Send> Conn<W> {
             return self.refuse_connect(&c, refusal(UNAVAILABLE, "the session is busy"));
         };
         if session_present {
-            self.mqtt.restore_packets(stored);
+            let waited = ended.map_or(Duration::ZERO, |e| e.elapsed());
+            self.mqtt
+                .restore_packets(crate::broker::aged(stored, waited));
             self.mqtt.restore_qos2_publish_handled(qos2);
         }
         let cfg = &self.broker.config;
@@ -601,6 +604,7 @@ impl<W: AsyncWrite + Unpin + Send> Conn<W> {
         let generation = {
             let mut st = session.lock();
             session.set_online(false);
+            st.ended = Some(tokio::time::Instant::now());
             if persists {
                 st.stored = self.mqtt.get_stored_packets();
                 st.qos2_handled = self.mqtt.get_qos2_publish_handled();
