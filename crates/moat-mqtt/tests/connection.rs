@@ -477,6 +477,12 @@ async fn shared_subscriptions_take_turns() {
     assert_eq!(counts, [2, 2]);
 }
 
+fn message_expiry(secs: u32) -> Vec<Property> {
+    vec![Property::MessageExpiryInterval(
+        MessageExpiryInterval::new(secs).unwrap(),
+    )]
+}
+
 fn session_expiry(secs: u32) -> Vec<Property> {
     vec![Property::SessionExpiryInterval(
         SessionExpiryInterval::new(secs).unwrap(),
@@ -491,16 +497,25 @@ async fn messages_expire_in_an_offline_queue_and_sessions_expire() {
     drop(s);
     tokio::time::sleep(Duration::from_millis(10)).await;
     let (mut p, _) = f.connected("p", vec![], true).await;
-    let expiry = |n| {
-        vec![Property::MessageExpiryInterval(
-            MessageExpiryInterval::new(n).unwrap(),
-        )]
-    };
-    p.publish("news", b"stale", Qos::AtLeastOnce, false, 1, expiry(5))
-        .await;
+    p.publish(
+        "news",
+        b"stale",
+        Qos::AtLeastOnce,
+        false,
+        1,
+        message_expiry(5),
+    )
+    .await;
     p.recv().await.unwrap();
-    p.publish("news", b"fresh", Qos::AtLeastOnce, false, 2, expiry(100))
-        .await;
+    p.publish(
+        "news",
+        b"fresh",
+        Qos::AtLeastOnce,
+        false,
+        2,
+        message_expiry(100),
+    )
+    .await;
     p.recv().await.unwrap();
     tokio::time::sleep(Duration::from_secs(10)).await;
 
@@ -943,16 +958,25 @@ async fn a_resent_delivery_has_waited_its_wait_off_its_expiry() {
     let (mut s, _) = f.connected("slow", session_expiry(600), false).await;
     s.subscribe(1, "news", qos1(), vec![]).await;
     let (mut p, _) = f.connected("p", vec![], true).await;
-    let expiry = |n| {
-        vec![Property::MessageExpiryInterval(
-            MessageExpiryInterval::new(n).unwrap(),
-        )]
-    };
-    p.publish("news", b"long", Qos::AtLeastOnce, false, 1, expiry(100))
-        .await;
+    p.publish(
+        "news",
+        b"long",
+        Qos::AtLeastOnce,
+        false,
+        1,
+        message_expiry(100),
+    )
+    .await;
     p.recv().await.unwrap();
-    p.publish("news", b"short", Qos::AtLeastOnce, false, 2, expiry(20))
-        .await;
+    p.publish(
+        "news",
+        b"short",
+        Qos::AtLeastOnce,
+        false,
+        2,
+        message_expiry(20),
+    )
+    .await;
     p.recv().await.unwrap();
     for _ in 0..2 {
         publish_of(&s.recv().await.unwrap());
