@@ -164,6 +164,20 @@ impl Client {
         suback
     }
 
+    /// Publishes and waits for the broker's answer (PUBACK or PUBREC).
+    async fn publish_acked(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        qos: Qos,
+        retain: bool,
+        id: u16,
+        props: Vec<Property>,
+    ) {
+        self.publish(topic, payload, qos, retain, id, props).await;
+        self.recv().await.expect("PUBACK");
+    }
+
     async fn publish(
         &mut self,
         topic: &str,
@@ -340,9 +354,8 @@ async fn no_local_retain_as_published_and_subscription_identifiers() {
 async fn retained_messages_follow_retain_handling_and_an_empty_one_clears() {
     let f = fixture(BrokerConfig::default());
     let (mut p, _) = f.connected("p", vec![], true).await;
-    p.publish("lamp/state", b"on", Qos::AtLeastOnce, true, 1, vec![])
+    p.publish_acked("lamp/state", b"on", Qos::AtLeastOnce, true, 1, vec![])
         .await;
-    p.recv().await.unwrap();
     assert_eq!(f.broker.retained_count(), 1);
 
     let (mut s, _) = f.connected("s", vec![], true).await;
@@ -362,9 +375,8 @@ async fn retained_messages_follow_retain_handling_and_an_empty_one_clears() {
     assert_eq!(got.payload().as_slice(), b"on");
 
     // An empty retained message clears the topic.
-    p.publish("lamp/state", b"", Qos::AtLeastOnce, true, 2, vec![])
+    p.publish_acked("lamp/state", b"", Qos::AtLeastOnce, true, 2, vec![])
         .await;
-    p.recv().await.unwrap();
     assert_eq!(f.broker.retained_count(), 0);
 }
 
@@ -375,7 +387,7 @@ async fn topic_aliases_from_the_client_are_resolved() {
     s.subscribe(1, "long/topic/name", qos1(), vec![]).await;
     let (mut p, _) = f.connected("p", vec![], true).await;
     let alias = |n| vec![Property::TopicAlias(TopicAlias::new(n).unwrap())];
-    p.publish(
+    p.publish_acked(
         "long/topic/name",
         b"1",
         Qos::AtLeastOnce,
@@ -384,7 +396,6 @@ async fn topic_aliases_from_the_client_are_resolved() {
         alias(3),
     )
     .await;
-    p.recv().await.unwrap();
     // The alias alone, with an empty topic.
     let second = v5_0::Publish::builder()
         .topic_name("")
@@ -497,7 +508,7 @@ async fn messages_expire_in_an_offline_queue_and_sessions_expire() {
     drop(s);
     tokio::time::sleep(Duration::from_millis(10)).await;
     let (mut p, _) = f.connected("p", vec![], true).await;
-    p.publish(
+    p.publish_acked(
         "news",
         b"stale",
         Qos::AtLeastOnce,
@@ -506,8 +517,7 @@ async fn messages_expire_in_an_offline_queue_and_sessions_expire() {
         message_expiry(5),
     )
     .await;
-    p.recv().await.unwrap();
-    p.publish(
+    p.publish_acked(
         "news",
         b"fresh",
         Qos::AtLeastOnce,
@@ -516,7 +526,6 @@ async fn messages_expire_in_an_offline_queue_and_sessions_expire() {
         message_expiry(100),
     )
     .await;
-    p.recv().await.unwrap();
     tokio::time::sleep(Duration::from_secs(10)).await;
 
     // Back within the session expiry: only the unexpired message, with
@@ -710,16 +719,14 @@ async fn properties_travel_with_the_message_and_aliases_go_out() {
         Property::UserProperty(UserProperty::new("k", "v1").unwrap()),
         Property::UserProperty(UserProperty::new("k", "v2").unwrap()),
     ];
-    p.publish("req/a", b"{}", Qos::AtLeastOnce, false, 1, props.clone())
+    p.publish_acked("req/a", b"{}", Qos::AtLeastOnce, false, 1, props.clone())
         .await;
-    p.recv().await.unwrap();
     // Too big for the subscriber: discarded, not sent (§3.1.2.11.4).
     p.publish("req/a", &[b'x'; 200], Qos::AtLeastOnce, false, 2, vec![])
         .await;
     p.recv().await.unwrap();
-    p.publish("req/a", b"again", Qos::AtLeastOnce, false, 3, vec![])
+    p.publish_acked("req/a", b"again", Qos::AtLeastOnce, false, 3, vec![])
         .await;
-    p.recv().await.unwrap();
 
     let first = publish_of(&s.recv().await.unwrap());
     assert_eq!(first.topic_name(), "req/a");
@@ -926,9 +933,8 @@ async fn an_unacknowledged_delivery_is_sent_again_with_dup_on_resume() {
     let (mut s, _) = f.connected("forgetful", session_expiry(60), false).await;
     s.subscribe(1, "orders", qos1(), vec![]).await;
     let (mut p, _) = f.connected("p", vec![], true).await;
-    p.publish("orders", b"42", Qos::AtLeastOnce, false, 1, vec![])
+    p.publish_acked("orders", b"42", Qos::AtLeastOnce, false, 1, vec![])
         .await;
-    p.recv().await.unwrap();
     let first = publish_of(&s.recv().await.unwrap());
     assert!(!first.dup());
     // Gone without a PUBACK.
@@ -958,7 +964,7 @@ async fn a_resent_delivery_has_waited_its_wait_off_its_expiry() {
     let (mut s, _) = f.connected("slow", session_expiry(600), false).await;
     s.subscribe(1, "news", qos1(), vec![]).await;
     let (mut p, _) = f.connected("p", vec![], true).await;
-    p.publish(
+    p.publish_acked(
         "news",
         b"long",
         Qos::AtLeastOnce,
@@ -967,8 +973,7 @@ async fn a_resent_delivery_has_waited_its_wait_off_its_expiry() {
         message_expiry(100),
     )
     .await;
-    p.recv().await.unwrap();
-    p.publish(
+    p.publish_acked(
         "news",
         b"short",
         Qos::AtLeastOnce,
@@ -977,7 +982,6 @@ async fn a_resent_delivery_has_waited_its_wait_off_its_expiry() {
         message_expiry(20),
     )
     .await;
-    p.recv().await.unwrap();
     for _ in 0..2 {
         publish_of(&s.recv().await.unwrap());
     }
@@ -1040,9 +1044,8 @@ async fn a_persistent_sessions_changes_are_written_behind_in_order() {
     let (mut s, _) = f.connected("keeper", session_expiry(60), false).await;
     s.subscribe(1, "news", qos1(), vec![]).await;
     let (mut p, _) = f.connected("p", vec![], true).await;
-    p.publish("news", b"m1", Qos::AtLeastOnce, false, 1, vec![])
+    p.publish_acked("news", b"m1", Qos::AtLeastOnce, false, 1, vec![])
         .await;
-    p.recv().await.unwrap();
     // Received and never acknowledged; then the connection drops.
     assert_eq!(
         publish_of(&s.recv().await.unwrap()).payload().as_slice(),
@@ -1050,17 +1053,15 @@ async fn a_persistent_sessions_changes_are_written_behind_in_order() {
     );
     drop(s);
     tokio::time::sleep(Duration::from_millis(50)).await;
-    p.publish("news", b"m2", Qos::AtLeastOnce, false, 2, vec![])
+    p.publish_acked("news", b"m2", Qos::AtLeastOnce, false, 2, vec![])
         .await;
-    p.recv().await.unwrap();
     p.publish("news", b"m3", Qos::AtMostOnce, false, 0, vec![])
         .await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     let (mut s, connack) = f.connected("keeper", session_expiry(60), false).await;
     assert_eq!(connack[2] & 1, 1);
-    p.publish("news", b"m4", Qos::AtLeastOnce, false, 3, vec![])
+    p.publish_acked("news", b"m4", Qos::AtLeastOnce, false, 3, vec![])
         .await;
-    p.recv().await.unwrap();
     // m1 again (DUP), m2, m4.
     for want in [&b"m1"[..], b"m2", b"m4"] {
         assert_eq!(
