@@ -61,7 +61,7 @@ fuzz_target!(|data: &[u8]| {
         if protocol::check_packet(packet).is_err() {
             return;
         }
-        let open = match protocol::without_topic_alias_maximum_zero(packet) {
+        let open = match protocol::guard_connect_properties(packet) {
             Err(_) => return,
             Ok(None) => recv(&mut conn, packet),
             Ok(Some(rewritten)) => {
@@ -74,7 +74,7 @@ fuzz_target!(|data: &[u8]| {
                 ));
                 assert_eq!(protocol::check_packet(&rewritten), Ok(()));
                 assert_eq!(
-                    protocol::without_topic_alias_maximum_zero(&rewritten),
+                    protocol::guard_connect_properties(&rewritten),
                     Ok(None)
                 );
                 recv(&mut conn, &rewritten)

@@ -862,6 +862,53 @@ async fn an_authentication_method_gets_connack_0x8c() {
     assert_eq!(f.broker.session_count(), 0);
 }
 
+/// MQTT-4.13.1-1: a v5 CONNECT the guard refuses is answered with CONNACK
+/// and the reason code, then closed (a DISCONNECT may not come before a
+/// CONNACK); nothing opens.
+#[tokio::test(start_paused = true)]
+async fn a_bad_v5_connect_gets_connack_with_its_reason_code() {
+    let f = fixture(BrokerConfig::default());
+    // A v5 CONNECT (clean start, keep-alive 60, client id "zero") with
+    // these properties: the crate's builder makes no zero values.
+    let connect = |props: &[u8]| {
+        let mut body = b"\x00\x04MQTT\x05\x02\x00\x3c".to_vec();
+        body.push(props.len() as u8);
+        body.extend_from_slice(props);
+        body.extend_from_slice(b"\x00\x04zero");
+        let mut packet = vec![0x10, body.len() as u8];
+        packet.extend_from_slice(&body);
+        packet
+    };
+    let cases: [(&str, &[u8], u8); 2] = [
+        ("receive maximum 0", b"\x21\x00\x00", 0x82),
+        ("maximum packet size 0", b"\x27\x00\x00\x00\x00", 0x82),
+    ];
+    for (what, props, code) in cases {
+        let mut c = f.client();
+        c.send(&connect(props)).await;
+        let connack = c.recv().await.expect(what);
+        assert_eq!(connack, [0x20, 0x03, 0x00, code, 0x00], "{what}");
+        assert!(c.recv().await.is_none(), "{what}");
+    }
+    // The same CONNECT with values the rules allow opens.
+    let mut c = f.client();
+    c.send(&connect(b"\x21\x00\x01\x27\x00\x01\x00\x00")).await;
+    assert_eq!(c.recv().await.unwrap()[3], 0x00);
+    drop(c);
+    // A malformed v5 CONNECT (the reserved flag): CONNACK 0x81.
+    let mut c = f.client();
+    c.send(b"\x10\x0d\x00\x04MQTT\x05\x03\x00\x3c\x00\x00\x00")
+        .await;
+    assert_eq!(c.recv().await.unwrap(), [0x20, 0x03, 0x00, 0x81, 0x00]);
+    assert!(c.recv().await.is_none());
+    // v3.1.1 has no reason codes there: closed without a word.
+    let mut c = f.client();
+    c.send(b"\x10\x0c\x00\x04MQTT\x04\x03\x00\x3c\x00\x00")
+        .await;
+    assert!(c.recv().await.is_none());
+    assert_eq!(f.broker.session_count(), 0);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_client_over_its_publish_rate_is_read_more_slowly() {
     let f = fixture(BrokerConfig {

@@ -269,13 +269,13 @@ impl<W: AsyncWrite + Unpin + Send> Conn<W> {
             consumed += total;
             self.connect_seen = true;
             if let Err(v) = protocol::check_packet(packet) {
-                self.violation(v.reason_code(), &v.to_string());
+                self.packet_violation(packet, v);
                 break;
             }
-            let rewritten = match protocol::without_topic_alias_maximum_zero(packet) {
+            let rewritten = match protocol::guard_connect_properties(packet) {
                 Ok(r) => r,
                 Err(v) => {
-                    self.violation(v.reason_code(), &v.to_string());
+                    self.packet_violation(packet, v);
                     break;
                 }
             };
@@ -460,6 +460,19 @@ impl<W: AsyncWrite + Unpin + Send> Conn<W> {
             .increment(1);
         tracing::debug!(code, what, "protocol violation");
         self.ending.get_or_insert(Ending::Violation(code));
+    }
+
+    /// Ends the connection for what the guard found in `packet`. A v5
+    /// CONNECT is answered with CONNACK and the reason code first
+    /// (MQTT-4.13.1-1 lets the server say why; a DISCONNECT may not come
+    /// before a CONNACK, MQTT-3.14.0-1).
+    fn packet_violation(&mut self, packet: &[u8], v: protocol::Violation) {
+        if self.open.is_none() && protocol::is_v5_connect(packet) {
+            // CONNACK: no session present, the reason, no properties.
+            self.out
+                .extend_from_slice(&[0x20, 0x03, 0x00, v.reason_code(), 0x00]);
+        }
+        self.violation(v.reason_code(), &v.to_string());
     }
 
     fn engine_error(&mut self, e: MqttError) {

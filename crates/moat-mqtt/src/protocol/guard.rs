@@ -10,8 +10,8 @@
 //!    packet size, refusing a non-minimal or over-long remaining length;
 //! 2. [`check_packet`] applies the fixed-header rules and, on a CONNECT,
 //!    the connect-flag rules;
-//! 3. [`without_topic_alias_maximum_zero`] rewrites the one CONNECT that
-//!    would make the crate panic;
+//! 3. [`guard_connect_properties`] rewrites the one CONNECT that would
+//!    make the crate panic, and refuses what the crate answers vaguely;
 //!
 //! and on a [`Violation`] closes the connection with
 //! [`Violation::reason_code`] (v5) or without a word (v3.1.1). Nothing here
@@ -28,6 +28,9 @@ const CONNECT: u8 = 1;
 const PUBLISH: u8 = 3;
 /// The Topic Alias Maximum property identifier (MQTT 5.0 §3.1.2.11.5).
 const TOPIC_ALIAS_MAXIMUM: u8 = 0x22;
+/// Receive Maximum (§3.1.2.11.3) and Maximum Packet Size (§3.1.2.11.4).
+const RECEIVE_MAXIMUM: u8 = 0x21;
+const MAXIMUM_PACKET_SIZE: u8 = 0x27;
 
 /// A rule a packet broke, and so the reason the connection closes.
 ///
@@ -100,16 +103,25 @@ pub enum Violation {
     /// §3.1.2.11.5. Protocol Error, 0x82.
     #[error("topic alias maximum more than once")]
     DuplicateTopicAliasMaximum,
+    /// Receive Maximum 0 in a v5 CONNECT: MQTT 5.0 §3.1.2.11.3 ("It is a
+    /// Protocol Error to include the Receive Maximum value of 0"). 0x82.
+    #[error("receive maximum 0")]
+    ZeroReceiveMaximum,
+    /// Maximum Packet Size 0 in a v5 CONNECT: MQTT 5.0 §3.1.2.11.4. 0x82.
+    #[error("maximum packet size 0")]
+    ZeroMaximumPacketSize,
 }
 
 impl Violation {
-    /// The MQTT 5.0 reason code to close with (CONNACK before the session
-    /// is open, DISCONNECT after): 0x81 Malformed Packet, 0x82 Protocol
+    /// The MQTT 5.0 reason code to close with (CONNACK when the packet is
+    /// the CONNECT, DISCONNECT after): 0x81 Malformed Packet, 0x82 Protocol
     /// Error or 0x95 Packet too large (MQTT 5.0 §2.4).
     pub fn reason_code(&self) -> u8 {
         match self {
             Self::PacketTooLarge { .. } => 0x95,
-            Self::DuplicateTopicAliasMaximum => 0x82,
+            Self::DuplicateTopicAliasMaximum
+            | Self::ZeroReceiveMaximum
+            | Self::ZeroMaximumPacketSize => 0x82,
             Self::ReservedPacketType
             | Self::ReservedFlags { .. }
             | Self::PublishQos3
@@ -311,6 +323,22 @@ pub fn check_packet(packet: &[u8]) -> Result<(), Violation> {
     }
 }
 
+/// Whether `packet` (whole, as [`frame`] delimits it) is a CONNECT at
+/// protocol level 5: one whose violations are answered with a CONNACK
+/// carrying the reason code.
+pub fn is_v5_connect(packet: &[u8]) -> bool {
+    if packet.first().map(|b| b >> 4) != Some(CONNECT) {
+        return false;
+    }
+    let Decoded::Value { len, .. } = decode_varint(&packet[1..]) else {
+        return false;
+    };
+    packet
+        .get(1 + len..)
+        .and_then(connect_level_and_flags)
+        .is_some_and(|(level, _)| level == 5)
+}
+
 /// CONNECT's protocol level and flags, after the protocol name (any name:
 /// the crate judges it).
 fn connect_level_and_flags(body: &[u8]) -> Option<(u8, u8)> {
@@ -333,9 +361,9 @@ fn connect_property_len(id: u8, value: &[u8]) -> Option<usize> {
         // Request Problem / Response Information: a byte.
         0x17 | 0x19 => 1,
         // Receive Maximum, Topic Alias Maximum: two bytes.
-        0x21 | TOPIC_ALIAS_MAXIMUM => 2,
+        RECEIVE_MAXIMUM | TOPIC_ALIAS_MAXIMUM => 2,
         // Session Expiry Interval, Maximum Packet Size: four bytes.
-        0x11 | 0x27 => 4,
+        0x11 | MAXIMUM_PACKET_SIZE => 4,
         // Authentication Method (string), Authentication Data (binary).
         0x15 | 0x16 => prefixed(0)?,
         // User Property: two strings.
@@ -348,17 +376,20 @@ fn connect_property_len(id: u8, value: &[u8]) -> Option<usize> {
     (len <= value.len()).then_some(len)
 }
 
-/// Works around mqtt-protocol-core's remote panic: a v5 CONNECT carrying
-/// Topic Alias Maximum 0 (valid, and the default, MQTT 5.0 §3.1.2.11.5)
-/// hits an assertion in the server `Connection`. Given one whole packet,
-/// returns the same CONNECT without that property — the same meaning —
-/// with the property length and remaining length re-encoded, or `None`
-/// when the packet needs no rewrite (any other packet, no such property,
-/// or properties the crate will refuse anyway).
+/// The guard's checks on a v5 CONNECT's properties. Works around
+/// mqtt-protocol-core's remote panic: a v5 CONNECT carrying Topic Alias
+/// Maximum 0 (valid, and the default, MQTT 5.0 §3.1.2.11.5) hits an
+/// assertion in the server `Connection`. Given one whole packet, returns
+/// the same CONNECT without that property — the same meaning — with the
+/// property length and remaining length re-encoded, or `None` when the
+/// packet needs no rewrite (any other packet, no such property, or
+/// properties the crate will refuse anyway).
 ///
 /// A Topic Alias Maximum given twice is refused here: the crate would act
-/// on each copy in turn, so a zero among them would still reach it.
-pub fn without_topic_alias_maximum_zero(packet: &[u8]) -> Result<Option<Vec<u8>>, Violation> {
+/// on each copy in turn, so a zero among them would still reach it. So are
+/// Receive Maximum 0 and Maximum Packet Size 0, protocol errors the crate
+/// answers only with CONNACK 0x80 (Unspecified error).
+pub fn guard_connect_properties(packet: &[u8]) -> Result<Option<Vec<u8>>, Violation> {
     if packet.first().map(|b| b >> 4) != Some(CONNECT) {
         return Ok(None);
     }
@@ -394,11 +425,19 @@ pub fn without_topic_alias_maximum_zero(packet: &[u8]) -> Result<Option<Vec<u8>>
         let Some(n) = connect_property_len(id, &props[at + 1..]) else {
             return Ok(None);
         };
-        if id == TOPIC_ALIAS_MAXIMUM {
-            seen += 1;
-            if props[at + 1..at + 3] == [0, 0] {
-                zero_at = Some(at);
+        let value = &props[at + 1..at + 1 + n];
+        match id {
+            TOPIC_ALIAS_MAXIMUM => {
+                seen += 1;
+                if value == [0, 0] {
+                    zero_at = Some(at);
+                }
             }
+            RECEIVE_MAXIMUM if value == [0, 0] => return Err(Violation::ZeroReceiveMaximum),
+            MAXIMUM_PACKET_SIZE if value == [0, 0, 0, 0] => {
+                return Err(Violation::ZeroMaximumPacketSize);
+            }
+            _ => {}
         }
         at += 1 + n;
     }

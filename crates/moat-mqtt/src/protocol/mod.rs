@@ -10,5 +10,5 @@ mod guard;
 
 pub use guard::{
     Frame, MAX_REMAINING_LENGTH, Violation, check_connect_flags, check_fixed_header, check_packet,
-    frame, without_topic_alias_maximum_zero,
+    frame, guard_connect_properties, is_v5_connect,
 };

@@ -335,7 +335,7 @@ fn topic_alias_maximum_zero_panics_the_crate_and_the_rewrite_does_not() {
         "mqtt-protocol-core no longer panics on Topic Alias Maximum 0: delete the workaround"
     );
 
-    let rewritten = without_topic_alias_maximum_zero(&original)
+    let rewritten = guard_connect_properties(&original)
         .unwrap()
         .expect("rewritten");
     assert_eq!(rewritten, connect("MQTT", 5, 0x02, PROPS_WITHOUT));
@@ -362,9 +362,7 @@ fn the_rewrite_reencodes_shrinking_lengths() {
         props.push((props_len - 9) as u8);
         props.resize(props_len, b'v');
         let original = connect("MQTT", 5, 0x02, &props);
-        let rewritten = without_topic_alias_maximum_zero(&original)
-            .unwrap()
-            .unwrap();
+        let rewritten = guard_connect_properties(&original).unwrap().unwrap();
         assert_eq!(rewritten, connect("MQTT", 5, 0x02, &props[3..]));
         assert_eq!(rewritten.len(), original.len() - 4, "{props_len}");
         assert_eq!(
@@ -381,7 +379,7 @@ fn the_rewrite_reencodes_shrinking_lengths() {
 
 #[test]
 fn the_rewrite_leaves_other_packets_alone() {
-    let none = |bytes: &[u8]| without_topic_alias_maximum_zero(bytes);
+    let none = |bytes: &[u8]| guard_connect_properties(bytes);
     assert_eq!(none(&connect("MQTT", 5, 0x02, b"\x22\x00\x08")), Ok(None));
     assert_eq!(none(&connect("MQTT", 5, 0x02, b"")), Ok(None));
     assert_eq!(none(&connect("MQTT", 4, 0x02, b"")), Ok(None));
@@ -399,6 +397,33 @@ fn the_rewrite_leaves_other_packets_alone() {
         Err(Violation::DuplicateTopicAliasMaximum)
     );
     assert_eq!(Violation::DuplicateTopicAliasMaximum.reason_code(), 0x82);
+}
+
+#[test]
+fn receive_maximum_and_maximum_packet_size_zero_are_protocol_errors() {
+    let guard = |props: &[u8]| guard_connect_properties(&connect("MQTT", 5, 0x02, props));
+    assert_eq!(guard(b"\x21\x00\x00"), Err(Violation::ZeroReceiveMaximum));
+    assert_eq!(
+        guard(b"\x22\x00\x08\x27\x00\x00\x00\x00"),
+        Err(Violation::ZeroMaximumPacketSize)
+    );
+    assert_eq!(guard(b"\x21\x00\x01\x27\x00\x00\x00\x01"), Ok(None));
+    assert_eq!(Violation::ZeroReceiveMaximum.reason_code(), 0x82);
+    assert_eq!(Violation::ZeroMaximumPacketSize.reason_code(), 0x82);
+    // v3.1.1 has no properties.
+    assert_eq!(
+        guard_connect_properties(&connect("MQTT", 4, 0x02, b"\x21\x00\x00")),
+        Ok(None)
+    );
+}
+
+#[test]
+fn only_a_level_5_connect_is_a_v5_connect() {
+    assert!(is_v5_connect(&connect("MQTT", 5, 0x02, b"")));
+    assert!(!is_v5_connect(&connect("MQTT", 4, 0x02, b"")));
+    assert!(!is_v5_connect(&packet(0x30, b"\x00\x01a")));
+    assert!(!is_v5_connect(&[0x10]));
+    assert!(!is_v5_connect(&[]));
 }
 
 // ---------------------------------------------------------------- properties
@@ -505,7 +530,7 @@ proptest! {
             prop_assert!((2..=5).contains(&header_len) && total_len <= buf.len());
             // Whatever the guard then says, it says without panicking.
             let _ = check_packet(&buf[..total_len]);
-            let _ = without_topic_alias_maximum_zero(&buf[..total_len]);
+            let _ = guard_connect_properties(&buf[..total_len]);
         }
     }
 
@@ -513,18 +538,19 @@ proptest! {
     fn rewritten_connects_frame_and_pass_the_guard(
         before in prop::collection::vec(any::<u8>(), 0..60),
     ) {
-        // Receive Maximum properties (any value) before a Topic Alias
-        // Maximum 0, so that both lengths cross 128 now and then.
+        // Receive Maximum properties (any value but 0, a protocol error)
+        // before a Topic Alias Maximum 0, so that both lengths cross 128
+        // now and then.
         let mut props = Vec::new();
         for b in &before {
-            props.extend_from_slice(&[0x21, 0, *b]);
+            props.extend_from_slice(&[0x21, 1, *b]);
         }
         props.extend_from_slice(b"\x22\x00\x00");
         let original = connect("MQTT", 5, 0x02, &props);
         let Frame::Packet { total_len, .. } = frame(&original, usize::MAX) else {
             return Err(TestCaseError::fail("unframed"));
         };
-        let rewritten = without_topic_alias_maximum_zero(&original[..total_len])
+        let rewritten = guard_connect_properties(&original[..total_len])
             .unwrap()
             .unwrap();
         prop_assert_eq!(&rewritten, &connect("MQTT", 5, 0x02, &props[..props.len() - 3]));
