@@ -19,6 +19,7 @@ mod writer;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use moat_core::ChannelId;
@@ -82,6 +83,12 @@ impl SqliteMessageStore {
     /// 32-byte SQLCipher key, brings its schema up to date and starts the
     /// writer thread.
     pub fn open(path: &Path, key: &[u8; 32]) -> Result<Self, StoreError> {
+        Self::open_with(path, key, writer::LINGER)
+    }
+
+    /// [`Self::open`], with a writer whose small batches under load wait up
+    /// to `linger` for company.
+    fn open_with(path: &Path, key: &[u8; 32], linger: Duration) -> Result<Self, StoreError> {
         let mut conn = connect(
             path,
             key,
@@ -100,7 +107,7 @@ impl SqliteMessageStore {
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         Ok(Self {
-            writer: Writer::start(conn)?,
+            writer: Writer::start(conn, linger)?,
             readers: Arc::new(readers),
             next_reader: AtomicUsize::new(0),
             cancelled: Arc::default(),

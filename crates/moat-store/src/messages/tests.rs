@@ -2,6 +2,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use moat_core::authz::Subject;
@@ -210,6 +211,48 @@ async fn concurrent_appends_are_committed_in_batches() {
         store.records(&all_records(channel)).await.unwrap().len(),
         200
     );
+}
+
+/// Callers whose next append waits for their last one's commit (as an
+/// MQTT connection's do) are committed as soon as they are all back, not at
+/// the end of the writer's linger: with a two-second linger, 400 appends
+/// from 8 such callers would otherwise take 50 rounds of two seconds each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_stops_waiting_for_company_once_its_callers_are_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        SqliteMessageStore::open_with(
+            &dir.path().join("messages.db"),
+            &KEY,
+            Duration::from_secs(2),
+        )
+        .unwrap(),
+    );
+    let channel = ChannelId::new();
+    let done = Arc::new(AtomicUsize::new(0));
+    let callers: Vec<_> = (0..8)
+        .map(|i| {
+            let (store, done) = (Arc::clone(&store), Arc::clone(&done));
+            tokio::spawn(async move {
+                loop {
+                    append(&store, vec![message(channel, T0 + i, Vec::new())]).await;
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let all_in = tokio::time::timeout(Duration::from_secs(30), async {
+        while done.load(Ordering::Relaxed) < 400 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    for c in &callers {
+        c.abort();
+    }
+    all_in.expect("400 appends within 30 s: no batch waited out its linger");
+    let batches = store.batches();
+    assert!(batches < 300, "{batches} batches: the appends were grouped");
 }
 
 #[tokio::test]

@@ -5,15 +5,19 @@
 //! The queue is a bounded tokio channel of requests, not of messages. Async
 //! callers `send().await` into it, so a full queue makes publishers wait
 //! without tying up a blocking-pool thread each; the writer thread, which is
-//! no async task, parks in `blocking_recv`. An idle writer commits a lone
-//! append at once. Under load, batches form from the requests that arrive
-//! while the previous commit syncs, and a small one waits [`LINGER`] for
-//! company first: at a moderate rate each commit otherwise carries a few
-//! messages, and its fixed cost (WAL frames encrypted and written, the
-//! fsync, waking the writer) dominates. Measured with `bench/mqtt.sh
-//! --scenarios qos1cost` (docs/benchmarks.md): the server's CPU per QoS 1
-//! publish at 20,000 msg/s went from 49 to 29 µs. A lone caller appending
-//! one message after another never waits.
+//! no async task, waits on its own single-threaded tokio runtime (a clock
+//! and nothing else). An idle writer commits a lone append at once. Under
+//! load, batches form from the requests that arrive while the previous
+//! commit syncs, and a small one waits up to [`LINGER`] for company first:
+//! at a moderate rate each commit otherwise carries a few messages, and its
+//! fixed cost (WAL frames encrypted and written, the fsync, waking the
+//! writer) dominates. Measured with `bench/mqtt.sh --scenarios qos1cost`
+//! (docs/benchmarks.md): the server's CPU per QoS 1 publish at 20,000 msg/s
+//! went from 49 to 29 µs. The wait ends early once the batch holds as many
+//! appends as the largest of the last [`LINGER_MEMORY`] batches: callers
+//! that append again only once their last append is durable (an MQTT
+//! connection) are then all back, and more waiting would only idle. A lone
+//! caller appending one message after another never waits.
 //!
 //! Expiry runs on this thread too, a chunk per transaction, with the appends
 //! that arrived meanwhile committed between chunks; that way it never fights
@@ -46,7 +50,10 @@ const BUSY_WITHIN: Duration = Duration::from_millis(2);
 /// Under load, a batch of fewer messages than this waits [`LINGER`] for
 /// more before it commits.
 const LINGER_BELOW: usize = 512;
-const LINGER: Duration = Duration::from_micros(500);
+pub(super) const LINGER: Duration = Duration::from_micros(500);
+/// How many recent batches a lingering batch remembers: it stops waiting
+/// once it holds as many appends as the largest of them.
+const LINGER_MEMORY: usize = 16;
 /// Messages (with their records) one expiry transaction deletes at most.
 pub(super) const EXPIRE_CHUNK: usize = 1000;
 
@@ -88,19 +95,43 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    pub(super) fn start(conn: Connection) -> Result<Self, StoreError> {
+    /// Starts the thread; a small batch under load waits up to `linger`
+    /// for company ([`LINGER`] but in tests).
+    pub(super) fn start(conn: Connection, linger: Duration) -> Result<Self, StoreError> {
         let (queue, requests) = mpsc::channel(QUEUE);
         let batches = Arc::new(AtomicU64::new(0));
-        let thread = Thread {
-            conn,
-            requests,
-            expiries: VecDeque::new(),
-            jobs: Vec::new(),
-            batches: Arc::clone(&batches),
-        };
+        let batches_seen = Arc::clone(&batches);
         let handle = std::thread::Builder::new()
             .name("moat-message-writer".into())
-            .spawn(move || thread.run())
+            .spawn(move || {
+                // The thread's own clock for its waits: a lingering batch
+                // wakes for each request that arrives, or at its deadline.
+                // Built here, so that it is dropped where it ran, never in
+                // an async context.
+                let waits = match tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                {
+                    Ok(w) => w,
+                    Err(e) => {
+                        // Dropping the queue's receiver: every append fails
+                        // as "the message writer has stopped".
+                        tracing::error!(error = %e, "cannot start the message writer");
+                        return;
+                    }
+                };
+                let thread = Thread {
+                    conn,
+                    waits,
+                    linger,
+                    recent: VecDeque::with_capacity(LINGER_MEMORY),
+                    requests,
+                    expiries: VecDeque::new(),
+                    jobs: Vec::new(),
+                    batches: batches_seen,
+                };
+                thread.run();
+            })
             .map_err(|e| StoreError::Backend(format!("cannot start the message writer: {e}")))?;
         Ok(Self {
             queue,
@@ -181,6 +212,11 @@ impl Drop for JoinOnDrop {
 /// What the writer thread owns.
 struct Thread {
     conn: Connection,
+    /// Where the thread waits for requests.
+    waits: tokio::runtime::Runtime,
+    linger: Duration,
+    /// How many appends (callers) each recent batch held, newest last.
+    recent: VecDeque<usize>,
     requests: mpsc::Receiver<Request>,
     /// Expiries in progress, oldest first; one chunk of the first runs after
     /// each batch.
@@ -204,7 +240,8 @@ impl Thread {
                 Some(a) => Some(Request::Append(a)),
                 // Sleep only when there is nothing else to do; `None` means
                 // the store was dropped and the queue is drained.
-                None if self.expiries.is_empty() => match self.requests.blocking_recv() {
+                None if self.expiries.is_empty() => match self.waits.block_on(self.requests.recv())
+                {
                     Some(r) => Some(r),
                     None => return,
                 },
@@ -214,12 +251,14 @@ impl Thread {
             self.gather(first, &mut carry, &mut batch, &mut size);
             let busy = last_commit.is_some_and(|(t, shared)| shared && t.elapsed() < BUSY_WITHIN);
             if busy && size > 0 && size < LINGER_BELOW && carry.is_none() {
-                std::thread::sleep(LINGER);
-                let more = self.requests.try_recv().ok();
-                self.gather(more, &mut carry, &mut batch, &mut size);
+                self.linger(&mut carry, &mut batch, &mut size);
             }
             if !batch.is_empty() {
                 let shared = batch.len() > 1;
+                if self.recent.len() == LINGER_MEMORY {
+                    self.recent.pop_front();
+                }
+                self.recent.push_back(batch.len());
                 self.commit(batch, size);
                 last_commit = Some((Instant::now(), shared));
             }
@@ -227,6 +266,30 @@ impl Thread {
                 job(&mut self.conn);
             }
             self.expire_step();
+        }
+    }
+
+    /// Waits up to `linger` ([`LINGER`]) for more appends to join a small batch, and
+    /// no longer than it takes for the batch to hold as many appends as the
+    /// largest recent one. Callers whose next append waits for the last
+    /// one's commit (an MQTT connection: each read is acknowledged once
+    /// stored) come back together; once they are all in, waiting longer
+    /// only delays them. A fixed wait would idle the rest of its 500 µs in
+    /// every cycle of such a closed loop.
+    fn linger(&mut self, carry: &mut Option<Append>, batch: &mut Vec<Append>, size: &mut usize) {
+        let expected = self.recent.iter().copied().max().unwrap_or(usize::MAX);
+        let deadline = tokio::time::Instant::from_std(Instant::now() + self.linger);
+        while batch.len() < expected && *size < LINGER_BELOW && carry.is_none() {
+            // Made inside the runtime: a timer needs its clock.
+            let recv = self.requests.recv();
+            let next = self
+                .waits
+                .block_on(async { tokio::time::timeout_at(deadline, recv).await });
+            match next {
+                // The deadline, or the queue closed: write what we have.
+                Err(_) | Ok(None) => break,
+                Ok(Some(request)) => self.gather(Some(request), carry, batch, size),
+            }
         }
     }
 
