@@ -37,6 +37,9 @@ impl MessageStore for Memory {
     async fn expire(&self, _: ChannelId, _: i64) -> Result<u64, StoreError> {
         Ok(0)
     }
+    async fn stored_channels(&self) -> Result<Vec<ChannelId>, StoreError> {
+        Ok(Vec::new())
+    }
 }
 
 fn message(channel: ChannelId, subtopic: &str) -> Arc<Message> {

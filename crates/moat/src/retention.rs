@@ -1,42 +1,93 @@
 //! Retention: a background task that deletes each channel's messages older
-//! than its `retention_days`. Expiry runs on the message store's writer in
-//! small transactions, so ingest keeps committing while it works.
+//! than its `retention_days`, and everything kept for channels deleted
+//! since the last run — their stored messages and records, and the retained
+//! MQTT messages on their topics. Deletion runs on the message store's
+//! writer in small transactions, so ingest keeps committing while it works.
+//!
+//! A deleted channel is found here, not by whoever deleted it: a tenant's
+//! deletion takes its channels with it, and a crash between a deletion and
+//! the clean-up loses nothing, since the next run finds the channel gone.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use moat_core::ChannelId;
 use moat_core::message::MessageStore;
 use moat_core::store::{Store, StoreError};
+use moat_mqtt::Broker;
 
 const DAY_MICROS: i64 = 24 * 3600 * 1_000_000;
 
 /// Applies retention every `every`, starting at once.
-pub(crate) async fn run(store: Arc<dyn Store>, messages: Arc<dyn MessageStore>, every: Duration) {
+pub(crate) async fn run(
+    store: Arc<dyn Store>,
+    messages: Arc<dyn MessageStore>,
+    broker: Arc<Broker>,
+    every: Duration,
+) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match sweep(store.as_ref(), messages.as_ref(), now_micros()).await {
+        match sweep(
+            store.as_ref(),
+            messages.as_ref(),
+            Some(&broker),
+            now_micros(),
+        )
+        .await
+        {
             Ok(0) => {}
-            Ok(n) => tracing::info!(messages = n, "retention deleted expired messages"),
+            Ok(n) => tracing::info!(messages = n, "retention deleted messages"),
             Err(e) => tracing::error!(error = %e, "retention failed; retrying later"),
         }
     }
 }
 
 /// Deletes, in every channel with a retention, the messages received
-/// before `now` minus its days; returns how many went.
+/// before `now` minus its days, then what is kept for deleted channels;
+/// returns how many messages went. (The message writer counts them in
+/// `moat_messages_expired_total`.)
 pub(crate) async fn sweep(
     store: &dyn Store,
     messages: &dyn MessageStore,
+    broker: Option<&Broker>,
     now: i64,
 ) -> Result<u64, StoreError> {
     let mut total = 0;
     for (channel, days) in store.retained_channels().await? {
         let before = now - i64::from(days) * DAY_MICROS;
-        let n = messages.expire(channel, before).await?;
+        total += messages.expire(channel, before).await?;
+    }
+    Ok(total + forget_deleted(store, messages, broker).await?)
+}
+
+/// Deletes the stored messages of every channel that no longer exists, and
+/// the broker's retained messages on its topics. A channel counts as
+/// deleted only when the store says it has none by that id, never on an
+/// error; ids are never reused.
+async fn forget_deleted(
+    store: &dyn Store,
+    messages: &dyn MessageStore,
+    broker: Option<&Broker>,
+) -> Result<u64, StoreError> {
+    let mut held: Vec<ChannelId> = messages.stored_channels().await?;
+    if let Some(b) = broker {
+        held.extend(b.retained_channels());
+    }
+    held.sort_unstable();
+    held.dedup();
+    let mut total = 0;
+    for channel in held {
+        if store.channel(channel).await?.is_some() {
+            continue;
+        }
+        let n = messages.expire(channel, i64::MAX).await?;
         if n > 0 {
-            metrics::counter!("moat_messages_expired_total").increment(n);
+            tracing::info!(%channel, messages = n, "deleted the messages of a deleted channel");
+        }
+        if let Some(b) = broker {
+            b.forget_channel(channel);
         }
         total += n;
     }
@@ -53,9 +104,12 @@ mod tests {
 
     use moat_core::audit::{AuditChain, now_millis};
     use moat_core::authz::Subject;
+    use moat_core::message::retained::{RetainedChange, RetainedMessage, RetainedStore};
     use moat_core::message::{Incoming, MessageQuery, MessageStore, Protocol, accept};
+    use moat_core::sessions::SessionRegistry;
     use moat_core::store::{Change, Store};
     use moat_core::*;
+    use moat_mqtt::{Broker, BrokerConfig};
     use moat_store::{SqliteMessageStore, SqliteStore};
 
     use super::{DAY_MICROS, sweep};
@@ -133,7 +187,7 @@ mod tests {
         }
         messages.append(batch).await.unwrap();
 
-        assert_eq!(sweep(&store, &messages, today).await.unwrap(), 2);
+        assert_eq!(sweep(&store, &messages, None, today).await.unwrap(), 2);
         let left = |c: ChannelId| {
             let messages = &messages;
             async move {
@@ -154,6 +208,129 @@ mod tests {
         assert_eq!(left(week.id).await, [1, 6]);
         assert_eq!(left(forever.id).await, [1, 6, 8, 30]);
         // Nothing more is due.
-        assert_eq!(sweep(&store, &messages, today).await.unwrap(), 0);
+        assert_eq!(sweep(&store, &messages, None, today).await.unwrap(), 0);
+    }
+
+    /// A deleted channel's messages (and records) go from the store, and
+    /// the retained MQTT messages on its topics from the broker and its
+    /// store; another channel's stay.
+    #[tokio::test]
+    async fn a_deleted_channels_messages_and_retained_messages_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(
+                &dir.path().join("moat.db"),
+                &[1; 32],
+                AuditChain::new([2; 32]),
+            )
+            .unwrap(),
+        );
+        let messages =
+            Arc::new(SqliteMessageStore::open(&dir.path().join("messages.db"), &[3; 32]).unwrap());
+        let tid = TenantId::new();
+        let now = now_millis();
+        let tenant = Tenant {
+            id: tid,
+            parent_id: None,
+            path: TenantPath::root(tid),
+            name: "t".into(),
+            tags: vec![],
+            metadata: serde_json::json!({}),
+            created_at: now,
+            updated_at: now,
+        };
+        let (gone, kept) = (channel(tid, None), channel(tid, Some(365)));
+        store
+            .apply(
+                vec![
+                    Change::InsertTenant(tenant),
+                    Change::InsertChannel(gone.clone()),
+                    Change::InsertChannel(kept.clone()),
+                ],
+                None,
+            )
+            .await
+            .unwrap();
+        let today = 1_900_000_000 * 1_000_000_i64;
+        let mut batch = Vec::new();
+        let mut retained = Vec::new();
+        for c in [&gone, &kept] {
+            for i in 0..3_u8 {
+                let incoming = Incoming {
+                    subtopic: "",
+                    content_type: None,
+                    payload: vec![i],
+                };
+                let m = accept(
+                    c,
+                    Subject::Device(DeviceId::new()),
+                    Protocol::Mqtt,
+                    incoming,
+                    today,
+                )
+                .unwrap();
+                batch.push(Arc::new(m));
+            }
+            retained.push(RetainedChange::Keep(RetainedMessage {
+                topic: format!("channels/{}/messages/state", c.id),
+                qos: 1,
+                payload: b"on".to_vec(),
+                properties: vec![0],
+                expires_at: None,
+            }));
+        }
+        messages.append(batch).await.unwrap();
+        messages.apply_retained(retained).await.unwrap();
+        let bus = moat_bus::LocalBus::new(Arc::clone(&messages) as Arc<dyn MessageStore>);
+        let broker = Broker::new(
+            BrokerConfig::default(),
+            Arc::clone(&store),
+            bus,
+            SessionRegistry::new(),
+        );
+        assert_eq!(
+            broker
+                .keep_retained(Arc::clone(&messages) as _)
+                .await
+                .unwrap(),
+            2
+        );
+
+        store
+            .apply(vec![Change::DeleteChannel(gone.id)], None)
+            .await
+            .unwrap();
+        assert_eq!(
+            sweep(store.as_ref(), messages.as_ref(), Some(&broker), today)
+                .await
+                .unwrap(),
+            3
+        );
+        let count = |c: ChannelId| {
+            let messages = &messages;
+            async move {
+                let q = MessageQuery {
+                    channel: c,
+                    limit: 100,
+                    ..MessageQuery::default()
+                };
+                messages.messages(&q).await.unwrap().len()
+            }
+        };
+        assert_eq!(count(gone.id).await, 0);
+        assert_eq!(count(kept.id).await, 3);
+        assert_eq!(messages.stored_channels().await.unwrap(), [kept.id]);
+        assert_eq!(broker.retained_count(), 1);
+        broker.flush_retained().await;
+        let left = messages.load_retained(today).await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert!(left[0].topic.contains(&kept.id.to_string()));
+        // Nothing more is due.
+        assert_eq!(
+            sweep(store.as_ref(), messages.as_ref(), Some(&broker), today)
+                .await
+                .unwrap(),
+            0
+        );
     }
 }

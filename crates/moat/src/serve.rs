@@ -90,11 +90,6 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let messages = open_messages(&config, &master)?;
     let message_store: Arc<dyn MessageStore> = Arc::clone(&messages) as _;
     let bus = moat_bus::LocalBus::new(Arc::clone(&message_store));
-    tokio::spawn(retention::run(
-        Arc::clone(&store),
-        Arc::clone(&message_store),
-        RETENTION_EVERY,
-    ));
     let broker = moat_mqtt::Broker::new(
         config.broker(),
         Arc::clone(&store),
@@ -112,6 +107,12 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .context("loading the MQTT persistent sessions")?;
     tracing::info!(restored, "MQTT persistent sessions restored");
     broker.start();
+    tokio::spawn(retention::run(
+        Arc::clone(&store),
+        Arc::clone(&message_store),
+        Arc::clone(&broker),
+        RETENTION_EVERY,
+    ));
     let coap = Arc::new(moat_coap::Coap {
         config: config.coap(),
         store: Arc::clone(&store),

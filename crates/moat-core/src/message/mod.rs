@@ -363,6 +363,9 @@ pub trait MessageStore: Send + Sync + 'static {
     /// Deletes a channel's messages received before `before` (µs); returns
     /// how many went.
     async fn expire(&self, channel: ChannelId, before: i64) -> Result<u64, StoreError>;
+    /// The channels that have messages stored, in no given order: where
+    /// retention finds the channels deleted since, to delete their messages.
+    async fn stored_channels(&self) -> Result<Vec<ChannelId>, StoreError>;
 }
 
 #[cfg(test)]

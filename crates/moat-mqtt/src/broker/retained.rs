@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use moat_core::ChannelId;
 use moat_core::message::retained::{RetainedChange, RetainedMessage, RetainedStore};
 use moat_core::store::StoreError;
 use mqtt_protocol_core::mqtt::ArcPayload;
@@ -26,6 +27,7 @@ use tokio::time::Instant;
 
 use super::behind::WriteBehind;
 use super::{Broker, Routed};
+use crate::platform_topics::{TopicTarget, topic_target};
 use crate::topic::filter_matches;
 
 /// Topics with a retained message, at most.
@@ -113,6 +115,31 @@ impl Retained {
         }
     }
 
+    /// The channels with a retained message on one of their topics.
+    fn channels(&self) -> Vec<ChannelId> {
+        let map = self.by_topic.read().unwrap_or_else(|p| p.into_inner());
+        let mut ids: Vec<ChannelId> = map.keys().filter_map(|t| channel_of(t)).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// Drops every retained message on `channel`'s topics, in memory and
+    /// (behind) in the store; returns how many went.
+    fn forget_channel(&self, channel: ChannelId) -> usize {
+        let mut map = self.by_topic.write().unwrap_or_else(|p| p.into_inner());
+        let gone: Vec<Arc<str>> = map
+            .keys()
+            .filter(|t| channel_of(t) == Some(channel))
+            .cloned()
+            .collect();
+        for topic in &gone {
+            map.remove(topic);
+            self.persist.send(Behind::Clear(Arc::clone(topic)));
+        }
+        gone.len()
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.by_topic
             .read()
@@ -121,7 +148,31 @@ impl Retained {
     }
 }
 
+/// The channel whose topic `topic` is, if it is one.
+fn channel_of(topic: &str) -> Option<ChannelId> {
+    match topic_target(topic) {
+        TopicTarget::Channel { channel, .. } => Some(channel),
+        _ => None,
+    }
+}
+
 impl Broker {
+    /// The channels with a retained message on one of their topics: where
+    /// retention looks for channels deleted since.
+    pub fn retained_channels(&self) -> Vec<ChannelId> {
+        self.retained.channels()
+    }
+
+    /// Forgets the retained messages on a deleted channel's topics (nobody
+    /// could subscribe to them any more); returns how many went.
+    pub fn forget_channel(&self, channel: ChannelId) -> usize {
+        let n = self.retained.forget_channel(channel);
+        if n > 0 {
+            tracing::info!(%channel, retained = n, "retained messages of a deleted channel forgotten");
+        }
+        n
+    }
+
     /// Loads the retained messages `store` kept, and from now on writes
     /// every change to them behind into it. Call once, before the
     /// listeners start; returns how many were loaded.
@@ -288,6 +339,39 @@ mod tests {
         assert_eq!(topics, ["keep a [49]", "clear a", "keep a [50]"]);
         // A second store is refused.
         assert!(retained.write_behind(store).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_deleted_channels_retained_messages_are_forgotten_in_memory_and_in_the_store() {
+        let store = Arc::new(SlowStore::default());
+        let retained = Retained::default();
+        retained.write_behind(Arc::clone(&store) as _).unwrap();
+        let (gone, kept) = (ChannelId::new(), ChannelId::new());
+        retained.put(&routed(&format!("channels/{gone}/messages"), b"1"));
+        retained.put(&routed(&format!("channels/{gone}/messages/a/b"), b"2"));
+        retained.put(&routed(&format!("channels/{kept}/messages/a"), b"3"));
+        retained.put(&routed("open/topic", b"4"));
+        let mut both = vec![gone, kept];
+        both.sort();
+        assert_eq!(retained.channels(), both);
+
+        assert_eq!(retained.forget_channel(gone), 2);
+        assert_eq!(retained.channels(), [kept]);
+        assert_eq!(retained.len(), 2);
+        assert_eq!(retained.forget_channel(gone), 0);
+        retained.persist.flush().await;
+        let cleared: Vec<String> = store
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|c| match c {
+                RetainedChange::Clear(t) => Some(t.clone()),
+                RetainedChange::Keep(_) => None,
+            })
+            .collect();
+        assert_eq!(cleared.len(), 2);
+        assert!(cleared.iter().all(|t| t.contains(&gone.to_string())));
     }
 
     #[test]

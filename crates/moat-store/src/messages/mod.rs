@@ -202,6 +202,10 @@ impl MessageStore for SqliteMessageStore {
     async fn expire(&self, channel: ChannelId, before: i64) -> Result<u64, StoreError> {
         self.writer.expire(channel, before).await
     }
+
+    async fn stored_channels(&self) -> Result<Vec<ChannelId>, StoreError> {
+        self.read(read::stored_channels).await
+    }
 }
 
 /// Applies the schema versions `conn` lacks, each in its own transaction.

@@ -131,6 +131,26 @@ pub(super) fn messages(conn: &Connection, q: &MessageQuery) -> Result<Vec<Stored
     Ok(out)
 }
 
+/// Each channel with a message: one seek into `messages_channel_seq` per
+/// channel (a loose index scan), however many messages each holds.
+pub(super) const STORED_CHANNELS: &str = "WITH RECURSIVE stored(channel) AS (\
+    SELECT min(channel) FROM messages \
+    UNION ALL \
+    SELECT (SELECT min(channel) FROM messages WHERE messages.channel > stored.channel) \
+    FROM stored WHERE stored.channel IS NOT NULL) \
+    SELECT channel FROM stored WHERE channel IS NOT NULL";
+
+pub(super) fn stored_channels(conn: &Connection) -> Result<Vec<ChannelId>, StoreError> {
+    let mut stmt = conn.prepare_cached(STORED_CHANNELS).map_err(backend)?;
+    stmt.query_map([], |r| r.get::<_, [u8; 16]>(0))
+        .map_err(backend)?
+        .map(|id| {
+            id.map(|id| ChannelId(Uuid::from_bytes(id)))
+                .map_err(backend)
+        })
+        .collect()
+}
+
 fn stored(r: &Row<'_>) -> Result<Stored, StoreError> {
     let publisher: String = r.get(5).map_err(backend)?;
     let message = Message {

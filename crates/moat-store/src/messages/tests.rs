@@ -721,6 +721,44 @@ fn plan(conn: &rusqlite::Connection, s: &Select) -> String {
 }
 
 #[tokio::test]
+async fn stored_channels_are_listed_once_each_until_their_messages_are_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    assert!(store.stored_channels().await.unwrap().is_empty());
+    let (a, b) = (ChannelId::new(), ChannelId::new());
+    let sent = (0..5)
+        .flat_map(|i| [message(a, T0 + i, vec![]), message(b, T0 + i, vec![])])
+        .collect();
+    append(&store, sent).await;
+    let mut listed = store.stored_channels().await.unwrap();
+    listed.sort();
+    let mut both = vec![a, b];
+    both.sort();
+    assert_eq!(listed, both);
+    assert_eq!(store.expire(a, i64::MAX).await.unwrap(), 5);
+    assert_eq!(store.stored_channels().await.unwrap(), [b]);
+    // One seek per channel, never a scan of every message.
+    let conn = connect(
+        &dir.path().join("messages.db"),
+        &KEY,
+        OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let plan = plan(
+        &conn,
+        &Select {
+            sql: read::STORED_CHANNELS.into(),
+            args: Vec::new(),
+        },
+    );
+    assert!(
+        plan.contains("SEARCH messages USING COVERING INDEX"),
+        "{plan}"
+    );
+    assert!(!plan.contains("SCAN messages"), "{plan}");
+}
+
+#[tokio::test]
 async fn queries_use_the_intended_indexes() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
