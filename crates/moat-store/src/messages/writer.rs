@@ -101,6 +101,7 @@ impl Writer {
         let (queue, requests) = mpsc::channel(QUEUE);
         let batches = Arc::new(AtomicU64::new(0));
         let batches_seen = Arc::clone(&batches);
+        let (started, start_result) = std::sync::mpsc::sync_channel(1);
         let handle = std::thread::Builder::new()
             .name("moat-message-writer".into())
             .spawn(move || {
@@ -114,12 +115,11 @@ impl Writer {
                 {
                     Ok(w) => w,
                     Err(e) => {
-                        // Dropping the queue's receiver: every append fails
-                        // as "the message writer has stopped".
-                        tracing::error!(error = %e, "cannot start the message writer");
+                        let _ = started.send(Err(e.to_string()));
                         return;
                     }
                 };
+                let _ = started.send(Ok(()));
                 let thread = Thread {
                     conn,
                     waits,
@@ -133,10 +133,24 @@ impl Writer {
                 thread.run();
             })
             .map_err(|e| StoreError::Backend(format!("cannot start the message writer: {e}")))?;
+        let handle = JoinOnDrop(Some(handle));
+        match start_result.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return Err(StoreError::Backend(format!(
+                    "cannot start the message writer: {e}"
+                )));
+            }
+            Err(_) => {
+                return Err(StoreError::Backend(
+                    "the message writer did not start".into(),
+                ));
+            }
+        }
         Ok(Self {
             queue,
             batches,
-            _thread: JoinOnDrop(Some(handle)),
+            _thread: handle,
         })
     }
 
