@@ -114,108 +114,18 @@ mod tests {
 
     use super::{DAY_MICROS, sweep};
 
-    fn channel(tenant: TenantId, retention_days: Option<u32>) -> Channel {
-        let now = now_millis();
-        Channel {
-            id: ChannelId::new(),
-            tenant_id: tenant,
-            name: format!("c{retention_days:?}"),
-            tags: vec![],
-            metadata: serde_json::json!({}),
-            payload_policy: PayloadPolicy::Opaque,
-            retention_days,
-            max_payload: None,
-            created_at: now,
-            updated_at: now,
-        }
+    const TODAY: i64 = 1_900_000_000 * 1_000_000;
+
+    /// Both stores in a temporary directory, with two channels of one
+    /// tenant, their retention days as given.
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: Arc<dyn Store>,
+        messages: Arc<SqliteMessageStore>,
+        channels: [Channel; 2],
     }
 
-    #[tokio::test]
-    async fn retention_deletes_only_what_is_older_than_each_channels_days() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(
-            &dir.path().join("moat.db"),
-            &[1; 32],
-            AuditChain::new([2; 32]),
-        )
-        .unwrap();
-        let messages = SqliteMessageStore::open(&dir.path().join("messages.db"), &[3; 32]).unwrap();
-        let tid = TenantId::new();
-        let now = now_millis();
-        let tenant = Tenant {
-            id: tid,
-            parent_id: None,
-            path: TenantPath::root(tid),
-            name: "t".into(),
-            tags: vec![],
-            metadata: serde_json::json!({}),
-            created_at: now,
-            updated_at: now,
-        };
-        let (week, forever) = (channel(tid, Some(7)), channel(tid, None));
-        store
-            .apply(
-                vec![
-                    Change::InsertTenant(tenant),
-                    Change::InsertChannel(week.clone()),
-                    Change::InsertChannel(forever.clone()),
-                ],
-                None,
-            )
-            .await
-            .unwrap();
-        let today = 1_900_000_000 * 1_000_000_i64;
-        let mut batch = Vec::new();
-        for c in [&week, &forever] {
-            for age_days in [1, 6, 8, 30] {
-                let incoming = Incoming {
-                    subtopic: "",
-                    content_type: None,
-                    payload: vec![age_days as u8],
-                };
-                let at = today - age_days * DAY_MICROS;
-                let m = accept(
-                    c,
-                    Subject::Device(DeviceId::new()),
-                    Protocol::Http,
-                    incoming,
-                    at,
-                )
-                .unwrap();
-                batch.push(Arc::new(m));
-            }
-        }
-        messages.append(batch).await.unwrap();
-
-        assert_eq!(sweep(&store, &messages, None, today).await.unwrap(), 2);
-        let left = |c: ChannelId| {
-            let messages = &messages;
-            async move {
-                let q = MessageQuery {
-                    channel: c,
-                    limit: 100,
-                    ..MessageQuery::default()
-                };
-                messages
-                    .messages(&q)
-                    .await
-                    .unwrap()
-                    .iter()
-                    .map(|s| s.message.payload[0])
-                    .collect::<Vec<_>>()
-            }
-        };
-        assert_eq!(left(week.id).await, [1, 6]);
-        assert_eq!(left(forever.id).await, [1, 6, 8, 30]);
-        // Nothing more is due.
-        assert_eq!(sweep(&store, &messages, None, today).await.unwrap(), 0);
-    }
-
-    /// A deleted channel's messages (and records) go from the store, and
-    /// the retained MQTT messages on its topics from the broker and its
-    /// store; another channel's stay.
-    #[tokio::test]
-    async fn a_deleted_channels_messages_and_retained_messages_are_deleted() {
+    async fn fixture(retention_days: [Option<u32>; 2]) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(
             SqliteStore::open(
@@ -239,38 +149,91 @@ mod tests {
             created_at: now,
             updated_at: now,
         };
-        let (gone, kept) = (channel(tid, None), channel(tid, Some(365)));
-        store
-            .apply(
-                vec![
-                    Change::InsertTenant(tenant),
-                    Change::InsertChannel(gone.clone()),
-                    Change::InsertChannel(kept.clone()),
-                ],
-                None,
-            )
-            .await
-            .unwrap();
-        let today = 1_900_000_000 * 1_000_000_i64;
-        let mut batch = Vec::new();
+        let channels = retention_days.map(|retention_days| Channel {
+            id: ChannelId::new(),
+            tenant_id: tid,
+            name: ChannelId::new().to_string(),
+            tags: vec![],
+            metadata: serde_json::json!({}),
+            payload_policy: PayloadPolicy::Opaque,
+            retention_days,
+            max_payload: None,
+            created_at: now,
+            updated_at: now,
+        });
+        let mut changes = vec![Change::InsertTenant(tenant)];
+        changes.extend(channels.iter().cloned().map(Change::InsertChannel));
+        store.apply(changes, None).await.unwrap();
+        Fixture {
+            _dir: dir,
+            store,
+            messages,
+            channels,
+        }
+    }
+
+    impl Fixture {
+        /// Stores a one-byte message per entry of `ages` (days before
+        /// [`TODAY`]) in `channel`, the byte being its age.
+        async fn append(&self, channel: &Channel, ages: &[i64]) {
+            let batch = ages
+                .iter()
+                .map(|&age| {
+                    let incoming = Incoming {
+                        subtopic: "",
+                        content_type: None,
+                        payload: vec![age as u8],
+                    };
+                    let at = TODAY - age * DAY_MICROS;
+                    let publisher = Subject::Device(DeviceId::new());
+                    Arc::new(accept(channel, publisher, Protocol::Http, incoming, at).unwrap())
+                })
+                .collect();
+            self.messages.append(batch).await.unwrap();
+        }
+
+        /// The bytes of `channel`'s stored messages, in order.
+        async fn left(&self, channel: &Channel) -> Vec<u8> {
+            let q = MessageQuery {
+                channel: channel.id,
+                limit: 100,
+                ..MessageQuery::default()
+            };
+            let stored = self.messages.messages(&q).await.unwrap();
+            stored.iter().map(|s| s.message.payload[0]).collect()
+        }
+
+        async fn sweep(&self, broker: Option<&Broker>) -> u64 {
+            sweep(self.store.as_ref(), self.messages.as_ref(), broker, TODAY)
+                .await
+                .unwrap()
+        }
+    }
+
+    #[tokio::test]
+    async fn retention_deletes_only_what_is_older_than_each_channels_days() {
+        let f = fixture([Some(7), None]).await;
+        let [week, forever] = &f.channels;
+        for c in [week, forever] {
+            f.append(c, &[1, 6, 8, 30]).await;
+        }
+        assert_eq!(f.sweep(None).await, 2);
+        assert_eq!(f.left(week).await, [1, 6]);
+        assert_eq!(f.left(forever).await, [1, 6, 8, 30]);
+        // Nothing more is due.
+        assert_eq!(f.sweep(None).await, 0);
+    }
+
+    /// A deleted channel's messages (and records) go from the store, and
+    /// the retained MQTT messages on its topics from the broker and its
+    /// store; another channel's stay.
+    #[tokio::test]
+    async fn a_deleted_channels_messages_and_retained_messages_are_deleted() {
+        let f = fixture([None, Some(365)]).await;
+        let [gone, kept] = &f.channels;
         let mut retained = Vec::new();
-        for c in [&gone, &kept] {
-            for i in 0..3_u8 {
-                let incoming = Incoming {
-                    subtopic: "",
-                    content_type: None,
-                    payload: vec![i],
-                };
-                let m = accept(
-                    c,
-                    Subject::Device(DeviceId::new()),
-                    Protocol::Mqtt,
-                    incoming,
-                    today,
-                )
-                .unwrap();
-                batch.push(Arc::new(m));
-            }
+        for c in [gone, kept] {
+            f.append(c, &[0, 1, 2]).await;
             retained.push(RetainedChange::Keep(RetainedMessage {
                 topic: format!("channels/{}/messages/state", c.id),
                 qos: 1,
@@ -279,58 +242,31 @@ mod tests {
                 expires_at: None,
             }));
         }
-        messages.append(batch).await.unwrap();
-        messages.apply_retained(retained).await.unwrap();
-        let bus = moat_bus::LocalBus::new(Arc::clone(&messages) as Arc<dyn MessageStore>);
+        f.messages.apply_retained(retained).await.unwrap();
+        let bus = moat_bus::LocalBus::new(Arc::clone(&f.messages) as Arc<dyn MessageStore>);
         let broker = Broker::new(
             BrokerConfig::default(),
-            Arc::clone(&store),
+            Arc::clone(&f.store),
             bus,
             SessionRegistry::new(),
         );
-        assert_eq!(
-            broker
-                .keep_retained(Arc::clone(&messages) as _)
-                .await
-                .unwrap(),
-            2
-        );
+        let loaded = broker.keep_retained(Arc::clone(&f.messages) as _).await;
+        assert_eq!(loaded.unwrap(), 2);
 
-        store
+        f.store
             .apply(vec![Change::DeleteChannel(gone.id)], None)
             .await
             .unwrap();
-        assert_eq!(
-            sweep(store.as_ref(), messages.as_ref(), Some(&broker), today)
-                .await
-                .unwrap(),
-            3
-        );
-        let count = |c: ChannelId| {
-            let messages = &messages;
-            async move {
-                let q = MessageQuery {
-                    channel: c,
-                    limit: 100,
-                    ..MessageQuery::default()
-                };
-                messages.messages(&q).await.unwrap().len()
-            }
-        };
-        assert_eq!(count(gone.id).await, 0);
-        assert_eq!(count(kept.id).await, 3);
-        assert_eq!(messages.stored_channels().await.unwrap(), [kept.id]);
+        assert_eq!(f.sweep(Some(&broker)).await, 3);
+        assert!(f.left(gone).await.is_empty());
+        assert_eq!(f.left(kept).await, [0, 1, 2]);
+        assert_eq!(f.messages.stored_channels().await.unwrap(), [kept.id]);
         assert_eq!(broker.retained_count(), 1);
         broker.flush_retained().await;
-        let left = messages.load_retained(today).await.unwrap();
+        let left = f.messages.load_retained(TODAY).await.unwrap();
         assert_eq!(left.len(), 1);
         assert!(left[0].topic.contains(&kept.id.to_string()));
         // Nothing more is due.
-        assert_eq!(
-            sweep(store.as_ref(), messages.as_ref(), Some(&broker), today)
-                .await
-                .unwrap(),
-            0
-        );
+        assert_eq!(f.sweep(Some(&broker)).await, 0);
     }
 }
