@@ -4,9 +4,9 @@
 //! MQTT messages on their topics. Deletion runs on the message store's
 //! writer in small transactions, so ingest keeps committing while it works.
 //!
-//! A deleted channel is found here, not by whoever deleted it: a tenant's
-//! deletion takes its channels with it, and a crash between a deletion and
-//! the clean-up loses nothing, since the next run finds the channel gone.
+//! A deleted channel is found here, not told by whoever deleted it: a crash
+//! between a deletion and the clean-up loses nothing, since the next run
+//! finds the channel gone, and no way of deleting one can forget to say so.
 
 use std::sync::Arc;
 use std::time::Duration;
