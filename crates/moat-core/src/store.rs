@@ -182,6 +182,26 @@ pub enum ConnectionsOf {
     Device(DeviceId),
 }
 
+/// Every connection of a channel or of a device, page after page.
+pub async fn all_connections(
+    store: &dyn Store,
+    of: ConnectionsOf,
+) -> Result<Vec<Connection>, StoreError> {
+    let mut out = Vec::new();
+    let mut q = ListQuery::first(1000);
+    loop {
+        let page = store.connections(of, &q).await?;
+        out.extend(page.items);
+        match page
+            .next_cursor
+            .and_then(|c| uuid::Uuid::try_parse(&c).ok())
+        {
+            Some(after) => q.after = Some(after),
+            None => return Ok(out),
+        }
+    }
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Applies `changes` and appends `audit`, all or nothing; durable on return.

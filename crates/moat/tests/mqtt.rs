@@ -709,3 +709,68 @@ async fn a_withdrawn_subscribe_right_stops_deliveries_at_once_and_a_new_one_resu
     }
     assert!(resumed, "deliveries resumed once the right came back");
 }
+
+#[tokio::test]
+async fn a_deleted_channels_messages_queued_for_an_offline_session_are_not_delivered() {
+    let server = Server::start();
+    let admin = admin(&server).await;
+    let opaque = |name: &'static str| {
+        let admin = &admin;
+        async move {
+            admin
+                .create(
+                    "/channels",
+                    json!({"name": name, "payload_policy": "opaque"}),
+                )
+                .await
+        }
+    };
+    let (doomed, kept) = (opaque("doomed").await, opaque("kept").await);
+    let dev = device(&admin, &doomed, "listener", false, true).await;
+    connect(&admin, &kept, &dev.device, false, true).await;
+
+    // A persistent session subscribes to both channels, then goes away.
+    let mut opts = v5_with_key(&server, "listener-1", &dev.device, &dev.key);
+    opts.set_clean_start(false);
+    opts.set_session_expiry_interval(Some(300));
+    let (sub, mut events) = rumqttc::v5::AsyncClient::new(opts.clone(), 16);
+    next_v5(&mut events, 10).await.unwrap();
+    sub.subscribe("channels/+/messages/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    expect_v5(&mut events, "SUBACK", |p| matches!(p, Packet::SubAck(_))).await;
+    sub.disconnect().await.unwrap();
+    let _ = next_v5(&mut events, 2).await;
+    drop(events);
+
+    // While it is offline, each channel gets a message; then one channel
+    // is deleted.
+    let token = format!("Bearer {}", server.admin_token().await);
+    for (channel, body) in [(&doomed, "gone"), (&kept, "kept")] {
+        let r = common::messages::publish(&server, &token, channel, "x", "", body).await;
+        assert_eq!(r.status, 202, "{r:?}");
+    }
+    let r = admin.delete(&format!("/channels/{doomed}")).await;
+    assert_eq!(r.status, 204, "{r:?}");
+
+    // Back, it gets the kept channel's message only.
+    let (_sub, mut events) = rumqttc::v5::AsyncClient::new(opts, 16);
+    let connack = next_v5(&mut events, 10).await.unwrap();
+    assert!(
+        matches!(&connack, Packet::ConnAck(c) if c.session_present),
+        "{connack:?}"
+    );
+    let got = expect_v5(&mut events, "PUBLISH", |p| matches!(p, Packet::Publish(_))).await;
+    let Packet::Publish(got) = got else {
+        unreachable!()
+    };
+    assert_eq!(got.payload, "kept");
+    assert_eq!(
+        got.topic,
+        Bytes::from(format!("channels/{kept}/messages/x"))
+    );
+    assert!(
+        next_v5(&mut events, 2).await.is_err(),
+        "nothing of the deleted channel arrives"
+    );
+}

@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use moat_core::audit::{Outcome, now_millis};
 use moat_core::authz::{Action, Resource, ResourceKind};
 use moat_core::page::Page;
-use moat_core::store::{Change, ConnectionsOf};
+use moat_core::store::{Change, ConnectionsOf, all_connections};
 use moat_core::validate::Checker;
 use moat_core::{Channel, ChannelId, Connection, DeviceId, PayloadPolicy, TenantId, TenantPath};
 use serde::Deserialize;
@@ -307,12 +307,18 @@ pub async fn delete(
         "channel.delete",
     )
     .await?;
+    // Read before the deletion takes the connections with it: these
+    // devices' live sessions stop reading the channel.
+    let connected = all_connections(&*s.store, ConnectionsOf::Channel(id)).await?;
     let record = caller
         .record("channel.delete", format!("channel:{id}"), Outcome::Success)
         .tenant(c.tenant_id);
     s.store
         .apply(vec![Change::DeleteChannel(id)], Some(record))
         .await?;
+    for conn in connected {
+        s.sessions.rights_changed(conn.device_id);
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use moat_core::audit::{AuditRecord, Outcome};
 use moat_core::authz::{Decision, MessageAccess, Principal, Subject};
-use moat_core::page::ListQuery;
 use moat_core::store::ConnectionsOf;
 use moat_core::{Channel, ChannelId, DeviceId};
 use tokio::time::Instant;
@@ -196,57 +195,49 @@ impl Broker {
         &self,
         device: DeviceId,
     ) -> Result<Vec<ChannelId>, Refused> {
-        let mut out = Vec::new();
-        let mut q = ListQuery::first(1000);
-        loop {
-            let page = self
-                .store
-                .connections(ConnectionsOf::Device(device), &q)
-                .await
-                .map_err(|e| {
-                    tracing::error!(error = %e, "could not read a device's connections");
-                    Refused {
-                        code: UNSPECIFIED,
-                        reason: "the store is unavailable",
-                    }
-                })?;
-            out.extend(
-                page.items
-                    .iter()
-                    .filter(|c| c.subscribe)
-                    .map(|c| c.channel_id),
-            );
-            match page
-                .next_cursor
-                .and_then(|c| uuid::Uuid::try_parse(&c).ok())
-            {
-                Some(after) => q.after = Some(after),
-                None => return Ok(out),
-            }
-        }
+        let all = moat_core::store::all_connections(&*self.store, ConnectionsOf::Device(device))
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "could not read a device's connections");
+                Refused {
+                    code: UNSPECIFIED,
+                    reason: "the store is unavailable",
+                }
+            })?;
+        Ok(all
+            .iter()
+            .filter(|c| c.subscribe)
+            .map(|c| c.channel_id)
+            .collect())
     }
 
     /// The device's connections changed: its sessions read nothing from
     /// any channel until they know their new rights (fail closed), then
-    /// read the channels it now has a subscribe connection to.
+    /// read the channels it now has a subscribe connection to. Of
+    /// overlapping changes, the last one's answer stands.
     pub(crate) fn rights_changed(self: &Arc<Self>, device: DeviceId) {
-        let sessions = self.sessions_of(device);
+        let sessions: Vec<_> = self
+            .sessions_of(device)
+            .into_iter()
+            .map(|s| {
+                let change = s.rights_changing();
+                s.set_readable(change, HashSet::new());
+                (s, change)
+            })
+            .collect();
         if sessions.is_empty() {
             return;
-        }
-        for s in &sessions {
-            s.set_readable(HashSet::new());
         }
         let broker = Arc::clone(self);
         tokio::spawn(async move {
             match broker.readable_channels(device).await {
                 Ok(channels) => {
                     let channels: HashSet<ChannelId> = channels.into_iter().collect();
-                    for s in &sessions {
-                        s.set_readable(channels.clone());
+                    for (s, change) in &sessions {
+                        s.set_readable(*change, channels.clone());
                     }
                 }
-                // Left empty: the next SUBSCRIBE or connection tries again.
+                // Left empty: the next SUBSCRIBE or change tries again.
                 Err(r) => {
                     tracing::warn!(reason = r.reason, %device, "could not refresh a device's rights")
                 }

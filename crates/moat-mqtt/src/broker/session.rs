@@ -10,7 +10,7 @@
 use std::collections::HashSet;
 
 use mqtt_protocol_core::mqtt::common::HashSet as EngineSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -146,6 +146,9 @@ pub(crate) struct Session {
     /// Channels the device may read, for subscriptions whose wildcard
     /// stands for the channel (`channels/+/messages`, `#`).
     readable: RwLock<HashSet<ChannelId>>,
+    /// Changes of the device's rights so far: a refresh of `readable`
+    /// applies only if none started after it.
+    rights_changes: AtomicU64,
 }
 
 impl std::fmt::Debug for Session {
@@ -178,6 +181,7 @@ impl Session {
             }),
             claim: tokio::sync::Mutex::new(()),
             readable: RwLock::default(),
+            rights_changes: AtomicU64::new(0),
         })
     }
 
@@ -241,10 +245,20 @@ impl Session {
         }
     }
 
-    /// Replaces the channels the session may read (after the device's
-    /// rights changed); an empty set until the new one is known.
-    pub(crate) fn set_readable(&self, channels: HashSet<ChannelId>) {
-        *self.readable.write().unwrap_or_else(|p| p.into_inner()) = channels;
+    /// A change of the device's rights begins; returns its number, for
+    /// [`Self::set_readable`].
+    pub(crate) fn rights_changing(&self) -> u64 {
+        self.rights_changes.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Replaces the channels the session may read with those read for
+    /// rights change `change`, unless a later change began meanwhile (its
+    /// own answer will come).
+    pub(crate) fn set_readable(&self, change: u64, channels: HashSet<ChannelId>) {
+        let mut readable = self.readable.write().unwrap_or_else(|p| p.into_inner());
+        if self.rights_changes.load(Ordering::Acquire) == change {
+            *readable = channels;
+        }
     }
 
     pub(crate) fn add_readable(&self, channels: impl IntoIterator<Item = ChannelId>) {
@@ -252,5 +266,49 @@ impl Session {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .extend(channels);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use moat_core::authz::Subject;
+    use moat_core::{TenantId, TenantPath};
+
+    use super::*;
+
+    fn device_session() -> Arc<Session> {
+        let device = DeviceId::new();
+        let principal = Principal {
+            subject: Subject::Device(device),
+            tenant: TenantPath::root(TenantId::new()),
+            role: None,
+        };
+        let key = ClientKey {
+            owner: Some(device),
+            client_id: "c".into(),
+        };
+        Session::new(1, key, Some(principal), 4)
+    }
+
+    fn reads(s: &Session, channel: ChannelId) -> bool {
+        let target = TopicTarget::Channel {
+            channel,
+            subtopic: "",
+        };
+        s.may_receive(&target, false)
+    }
+
+    /// Two changes of a device's rights in quick succession: the answer to
+    /// the first, should it come last, does not undo the second.
+    #[test]
+    fn a_stale_rights_refresh_does_not_overwrite_a_newer_one() {
+        let s = device_session();
+        let (old, new) = (ChannelId::new(), ChannelId::new());
+        let first = s.rights_changing();
+        let second = s.rights_changing();
+        s.set_readable(second, HashSet::from([new]));
+        s.set_readable(first, HashSet::from([old]));
+        assert!(reads(&s, new));
+        assert!(!reads(&s, old));
     }
 }

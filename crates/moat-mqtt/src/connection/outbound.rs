@@ -224,8 +224,19 @@ impl<W: AsyncWrite + Unpin + Send> Conn<W> {
     }
 
     /// Sends one delivery, or holds it while the client's window is full.
+    /// A delivery queued before the device lost the right to read its
+    /// channel (a connection removed, the channel deleted; while the client
+    /// was offline, say) is dropped, counted.
     pub(super) async fn send_delivery(&mut self, d: Delivery) {
         let Some(open) = &self.open else { return };
+        let target = platform_topics::topic_target(&d.msg.topic);
+        if !open
+            .session
+            .may_receive(&target, self.broker.config.open_topics)
+        {
+            metrics::counter!("moat_mqtt_dropped_total", "reason" => "not_readable").increment(1);
+            return;
+        }
         let remaining = match d.msg.expires_at {
             Some(at) => {
                 let now = Instant::now();
