@@ -5,18 +5,19 @@
 //! The queue is a bounded tokio channel of requests, not of messages. Async
 //! callers `send().await` into it, so a full queue makes publishers wait
 //! without tying up a blocking-pool thread each; the writer thread, which is
-//! no async task, waits on its own single-threaded tokio runtime (a clock
-//! and nothing else). An idle writer commits a lone append at once. Under
-//! load, batches form from the requests that arrive while the previous
-//! commit syncs, and a small one waits up to [`LINGER`] for company first:
-//! at a moderate rate each commit otherwise carries a few messages, and its
-//! fixed cost (WAL frames encrypted and written, the fsync, waking the
-//! writer) dominates. Measured with `bench/mqtt.sh --scenarios qos1cost`
+//! no async task, blocks on the queue when idle. An idle writer commits a
+//! lone append at once. Under load, batches form from the requests that
+//! arrive while the previous commit syncs, and a small one waits up to
+//! [`LINGER`] for company first: at a moderate rate each commit otherwise
+//! carries a few messages, and its fixed cost (WAL frames encrypted and
+//! written, the fsync, waking the writer) dominates. Measured with `bench/mqtt.sh --scenarios qos1cost`
 //! (docs/benchmarks.md): the server's CPU per QoS 1 publish at 20,000 msg/s
 //! went from 49 to 29 µs. The wait ends early once the batch holds as many
 //! appends as the largest of the last [`LINGER_MEMORY`] batches: callers
 //! that append again only once their last append is durable (an MQTT
-//! connection) are then all back, and more waiting would only idle. A lone
+//! connection) are then all back, and more waiting would only idle. While
+//! it waits, the thread sleeps in short slices rather than on the queue, so
+//! that the requests arriving meanwhile do not each have to wake it. A lone
 //! caller appending one message after another never waits.
 //!
 //! Expiry runs on this thread too, a chunk per transaction, with the appends
@@ -50,7 +51,9 @@ const BUSY_WITHIN: Duration = Duration::from_millis(2);
 /// Under load, a batch of fewer messages than this waits [`LINGER`] for
 /// more before it commits.
 const LINGER_BELOW: usize = 512;
-pub(super) const LINGER: Duration = Duration::from_micros(500);
+pub(super) const LINGER: Duration = Duration::from_millis(1);
+/// A lingering batch looks for company this often.
+const LINGER_SLICE: Duration = Duration::from_micros(100);
 /// How many recent batches a lingering batch remembers: it stops waiting
 /// once it holds as many appends as the largest of them.
 const LINGER_MEMORY: usize = 16;
@@ -101,28 +104,11 @@ impl Writer {
         let (queue, requests) = mpsc::channel(QUEUE);
         let batches = Arc::new(AtomicU64::new(0));
         let batches_seen = Arc::clone(&batches);
-        let (started, start_result) = std::sync::mpsc::sync_channel(1);
         let handle = std::thread::Builder::new()
             .name("moat-message-writer".into())
             .spawn(move || {
-                // The thread's own clock for its waits: a lingering batch
-                // wakes for each request that arrives, or at its deadline.
-                // Built here, so that it is dropped where it ran, never in
-                // an async context.
-                let waits = match tokio::runtime::Builder::new_current_thread()
-                    .enable_time()
-                    .build()
-                {
-                    Ok(w) => w,
-                    Err(e) => {
-                        let _ = started.send(Err(e.to_string()));
-                        return;
-                    }
-                };
-                let _ = started.send(Ok(()));
                 let thread = Thread {
                     conn,
-                    waits,
                     linger,
                     recent: VecDeque::with_capacity(LINGER_MEMORY),
                     requests,
@@ -134,19 +120,6 @@ impl Writer {
             })
             .map_err(|e| StoreError::Backend(format!("cannot start the message writer: {e}")))?;
         let handle = JoinOnDrop(Some(handle));
-        match start_result.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                return Err(StoreError::Backend(format!(
-                    "cannot start the message writer: {e}"
-                )));
-            }
-            Err(_) => {
-                return Err(StoreError::Backend(
-                    "the message writer did not start".into(),
-                ));
-            }
-        }
         Ok(Self {
             queue,
             batches,
@@ -226,8 +199,6 @@ impl Drop for JoinOnDrop {
 /// What the writer thread owns.
 struct Thread {
     conn: Connection,
-    /// Where the thread waits for requests.
-    waits: tokio::runtime::Runtime,
     linger: Duration,
     /// How many appends (callers) each recent batch held, newest last.
     recent: VecDeque<usize>,
@@ -254,8 +225,7 @@ impl Thread {
                 Some(a) => Some(Request::Append(a)),
                 // Sleep only when there is nothing else to do; `None` means
                 // the store was dropped and the queue is drained.
-                None if self.expiries.is_empty() => match self.waits.block_on(self.requests.recv())
-                {
+                None if self.expiries.is_empty() => match self.requests.blocking_recv() {
                     Some(r) => Some(r),
                     None => return,
                 },
@@ -283,26 +253,31 @@ impl Thread {
         }
     }
 
-    /// Waits up to `linger` ([`LINGER`]) for more appends to join a small batch, and
-    /// no longer than it takes for the batch to hold as many appends as the
-    /// largest recent one. Callers whose next append waits for the last
-    /// one's commit (an MQTT connection: each read is acknowledged once
-    /// stored) come back together; once they are all in, waiting longer
-    /// only delays them. A fixed wait would idle the rest of its 500 µs in
-    /// every cycle of such a closed loop.
+    /// Waits up to `linger` ([`LINGER`]) for more appends to join a small
+    /// batch, and no longer than it takes for the batch to hold as many
+    /// appends as the largest recent one. Callers whose next append waits
+    /// for the last one's commit (an MQTT connection: each read is
+    /// acknowledged once stored) come back together; once they are all in,
+    /// waiting longer only delays them.
+    ///
+    /// The thread sleeps in slices of [`LINGER_SLICE`] and takes what
+    /// arrived after each, rather than wait on the queue: a request that
+    /// arrives then need not wake it, which would cost the caller a system
+    /// call and the writer a context switch per request (ADR 004).
     fn linger(&mut self, carry: &mut Option<Append>, batch: &mut Vec<Append>, size: &mut usize) {
         let expected = self.recent.iter().copied().max().unwrap_or(usize::MAX);
-        let deadline = tokio::time::Instant::from_std(Instant::now() + self.linger);
+        let deadline = Instant::now() + self.linger;
         while batch.len() < expected && *size < LINGER_BELOW && carry.is_none() {
-            // Made inside the runtime: a timer needs its clock.
-            let recv = self.requests.recv();
-            let next = self
-                .waits
-                .block_on(async { tokio::time::timeout_at(deadline, recv).await });
-            match next {
-                // The deadline, or the queue closed: write what we have.
-                Err(_) | Ok(None) => break,
-                Ok(Some(request)) => self.gather(Some(request), carry, batch, size),
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            std::thread::sleep(left.min(LINGER_SLICE));
+            match self.requests.try_recv() {
+                Ok(request) => self.gather(Some(request), carry, batch, size),
+                Err(mpsc::error::TryRecvError::Empty) => {}
+                // The store was dropped: write what we have.
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
             }
         }
     }
