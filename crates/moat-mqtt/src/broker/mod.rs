@@ -17,7 +17,7 @@ mod publish;
 mod retained;
 mod session;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -240,8 +240,10 @@ pub struct Broker {
     /// Failed logins per source address, as HTTP counts them.
     pub(crate) sources: Throttle,
     next_session: AtomicU64,
-    /// Sessions by client key, online or not.
-    clients: Mutex<HashMap<ClientKey, Arc<Session>>>,
+    /// Sessions by client key, online or not; ordered, so that a device's
+    /// sessions are one range (a rights change or a channel deletion looks
+    /// them up for each device it concerns).
+    clients: Mutex<BTreeMap<ClientKey, Arc<Session>>>,
     /// Sessions by their numeric id, which the trie stores.
     by_id: RwLock<HashMap<u64, Arc<Session>>>,
     pub(crate) trie: RwLock<SubscriptionTrie<u64, SubOptions>>,
@@ -343,11 +345,15 @@ impl Broker {
 
     /// Every session (online or not) of `device`.
     pub(crate) fn sessions_of(&self, device: moat_core::DeviceId) -> Vec<Arc<Session>> {
+        let first = ClientKey {
+            owner: Some(device),
+            client_id: String::new(),
+        };
         self.clients
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .filter(|(k, _)| k.owner == Some(device))
+            .range(first..)
+            .take_while(|(k, _)| k.owner == Some(device))
             .map(|(_, s)| Arc::clone(s))
             .collect()
     }

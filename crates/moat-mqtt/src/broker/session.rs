@@ -26,7 +26,7 @@ use crate::platform_topics::TopicTarget;
 
 /// Which session a CONNECT names: its client id, within its device (or
 /// among anonymous clients in development mode).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct ClientKey {
     pub owner: Option<DeviceId>,
     pub client_id: String,
