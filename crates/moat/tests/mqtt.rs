@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::messages::{all_messages, connect, device, opaque_channel_and_device};
+use common::messages::{all_messages, connect, device, opaque_channel, opaque_channel_and_device};
 use common::mqtt::*;
 use common::{Api, Options, Server};
 use rumqttc::v5::mqttbytes::QoS;
@@ -48,6 +48,23 @@ async fn expect_v5(
 
 fn is_puback(p: &Packet) -> bool {
     matches!(p, Packet::PubAck(_))
+}
+
+/// Expects a PUBLISH of `payload` on `topic`, and then nothing for two
+/// seconds (`nothing_else` says what should not have come).
+async fn only_publish(
+    events: &mut rumqttc::v5::EventLoop,
+    payload: &str,
+    topic: &str,
+    nothing_else: &str,
+) {
+    let got = expect_v5(events, "PUBLISH", |p| matches!(p, Packet::Publish(_))).await;
+    let Packet::Publish(got) = got else {
+        unreachable!()
+    };
+    assert_eq!(got.payload, payload);
+    assert_eq!(got.topic, Bytes::from(topic.to_owned()));
+    assert!(next_v5(events, 2).await.is_err(), "{nothing_else}");
 }
 
 #[tokio::test]
@@ -592,18 +609,8 @@ async fn paho_python_clients_speak_both_versions_over_mutual_tls_and_websocket()
 async fn wildcards_reach_only_the_channels_a_device_may_read() {
     let server = Server::start();
     let admin = admin(&server).await;
-    let mine = admin
-        .create(
-            "/channels",
-            json!({"name": "mine", "payload_policy": "opaque"}),
-        )
-        .await;
-    let theirs = admin
-        .create(
-            "/channels",
-            json!({"name": "theirs", "payload_policy": "opaque"}),
-        )
-        .await;
+    let mine = opaque_channel(&admin, "mine").await;
+    let theirs = opaque_channel(&admin, "theirs").await;
     // Another tenant's channel, with its own device publishing.
     let tenant = admin.create("/tenants", json!({"name": "other-co"})).await;
     let foreign = admin
@@ -635,31 +642,20 @@ async fn wildcards_reach_only_the_channels_a_device_may_read() {
         assert_eq!(r.status, 202, "{r:?}");
     }
     // Only its own channel's message arrives (once, though two filters match).
-    let got = expect_v5(&mut events, "PUBLISH", |p| matches!(p, Packet::Publish(_))).await;
-    let Packet::Publish(got) = got else {
-        unreachable!()
-    };
-    assert_eq!(got.payload, "yes");
-    assert_eq!(
-        got.topic,
-        Bytes::from(format!("channels/{mine}/messages/x"))
-    );
-    assert!(
-        next_v5(&mut events, 2).await.is_err(),
-        "nothing else arrives"
-    );
+    only_publish(
+        &mut events,
+        "yes",
+        &format!("channels/{mine}/messages/x"),
+        "nothing else arrives",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn a_withdrawn_subscribe_right_stops_deliveries_at_once_and_a_new_one_resumes_them() {
     let server = Server::start();
     let admin = admin(&server).await;
-    let channel = admin
-        .create(
-            "/channels",
-            json!({"name": "c", "payload_policy": "opaque"}),
-        )
-        .await;
+    let channel = opaque_channel(&admin, "c").await;
     let dev = device(&admin, &channel, "listener", false, true).await;
     let (client, mut events) =
         rumqttc::v5::AsyncClient::new(v5_with_key(&server, "l-1", &dev.device, &dev.key), 16);
@@ -714,18 +710,10 @@ async fn a_withdrawn_subscribe_right_stops_deliveries_at_once_and_a_new_one_resu
 async fn a_deleted_channels_messages_queued_for_an_offline_session_are_not_delivered() {
     let server = Server::start();
     let admin = admin(&server).await;
-    let opaque = |name: &'static str| {
-        let admin = &admin;
-        async move {
-            admin
-                .create(
-                    "/channels",
-                    json!({"name": name, "payload_policy": "opaque"}),
-                )
-                .await
-        }
-    };
-    let (doomed, kept) = (opaque("doomed").await, opaque("kept").await);
+    let (doomed, kept) = (
+        opaque_channel(&admin, "doomed").await,
+        opaque_channel(&admin, "kept").await,
+    );
     let dev = device(&admin, &doomed, "listener", false, true).await;
     connect(&admin, &kept, &dev.device, false, true).await;
 
@@ -760,17 +748,11 @@ async fn a_deleted_channels_messages_queued_for_an_offline_session_are_not_deliv
         matches!(&connack, Packet::ConnAck(c) if c.session_present),
         "{connack:?}"
     );
-    let got = expect_v5(&mut events, "PUBLISH", |p| matches!(p, Packet::Publish(_))).await;
-    let Packet::Publish(got) = got else {
-        unreachable!()
-    };
-    assert_eq!(got.payload, "kept");
-    assert_eq!(
-        got.topic,
-        Bytes::from(format!("channels/{kept}/messages/x"))
-    );
-    assert!(
-        next_v5(&mut events, 2).await.is_err(),
-        "nothing of the deleted channel arrives"
-    );
+    only_publish(
+        &mut events,
+        "kept",
+        &format!("channels/{kept}/messages/x"),
+        "nothing of the deleted channel arrives",
+    )
+    .await;
 }

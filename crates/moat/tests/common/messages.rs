@@ -103,6 +103,16 @@ pub async fn all_messages(api: &Api, channel: &str) -> Vec<Value> {
     panic!("more pages than a test should write");
 }
 
+/// A channel named `name` that takes any payload.
+pub async fn opaque_channel(admin: &Api, name: &str) -> String {
+    admin
+        .create(
+            "/channels",
+            json!({"name": name, "payload_policy": "opaque"}),
+        )
+        .await
+}
+
 /// An opaque channel named `name`, and a device named `device_name` with a
 /// key that may publish to it and subscribe to it.
 pub async fn opaque_channel_and_device(
@@ -110,12 +120,7 @@ pub async fn opaque_channel_and_device(
     name: &str,
     device_name: &str,
 ) -> (String, Publisher) {
-    let channel = admin
-        .create(
-            "/channels",
-            json!({"name": name, "payload_policy": "opaque"}),
-        )
-        .await;
+    let channel = opaque_channel(admin, name).await;
     let dev = device(admin, &channel, device_name, true, true).await;
     (channel, dev)
 }
