@@ -10,6 +10,7 @@
 //! returns is durable. The layout is in `schema.sql`; how fields become
 //! columns in [`columns`].
 
+mod chunk;
 mod columns;
 mod read;
 mod retained;
@@ -46,6 +47,7 @@ const SCHEMA: &[&str] = &[
     include_str!("schema.sql"),
     include_str!("schema_v2.sql"),
     include_str!("schema_v3.sql"),
+    include_str!("schema_v4.sql"),
 ];
 
 /// [`MessageStore`] on an SQLCipher file.
@@ -223,11 +225,64 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     for (i, sql) in SCHEMA.iter().enumerate().skip(current as usize) {
         let tx = conn.transaction().map_err(backend)?;
         tx.execute_batch(sql).map_err(backend)?;
+        if i == 3 {
+            messages_into_chunks(&tx)?;
+        }
         tx.pragma_update(None, "user_version", i as i64 + 1)
             .map_err(backend)?;
         tx.commit().map_err(backend)?;
         tracing::info!(version = i + 1, "applied a message schema migration");
     }
+    Ok(())
+}
+
+/// Version 4's move (ADR 008): each message of the version 3 table becomes
+/// a chunk of its own with its seq, in seq order, and new seqs start above
+/// every seq the old table ever handed out.
+fn messages_into_chunks(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+    let high: i64 = tx
+        .query_row(
+            "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'messages'), 0)",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(backend)?;
+    {
+        let mut old = tx.prepare(read::OLD_MESSAGES).map_err(backend)?;
+        let mut rows = old.query([]).map_err(backend)?;
+        let mut insert = tx.prepare(writer::INSERT_CHUNK).map_err(backend)?;
+        let mut body = Vec::new();
+        while let Some(row) = rows.next().map_err(backend)? {
+            let s = read::stored(row)?;
+            let m = &s.message;
+            body.clear();
+            chunk::encode(&mut body, 0, m);
+            // One chunk a message, its id AUTOINCREMENT's.
+            insert
+                .execute(rusqlite::params![
+                    None::<i64>,
+                    m.tenant_id.0.as_bytes(),
+                    m.channel_id.0.as_bytes(),
+                    s.seq,
+                    m.received_at,
+                    m.received_at,
+                    1,
+                    body,
+                ])
+                .map_err(backend)?;
+        }
+    }
+    let floor = (high >> chunk::POSITION_BITS) + 1;
+    tx.execute_batch("DROP TABLE messages").map_err(backend)?;
+    // AUTOINCREMENT takes the next rowid above this.
+    tx.execute_batch("DELETE FROM sqlite_sequence WHERE name = 'message_chunks'")
+        .map_err(backend)?;
+    tx.execute(
+        "INSERT INTO sqlite_sequence (name, seq) \
+         SELECT 'message_chunks', max(?1, coalesce(max(chunk), 0)) FROM message_chunks",
+        [floor],
+    )
+    .map_err(backend)?;
     Ok(())
 }
 

@@ -12,16 +12,16 @@
 //!   order, so a page reads as many rows as it returns (plus those its
 //!   filters skip) and never sorts.
 
-use moat_core::ChannelId;
 use moat_core::authz::Subject;
 use moat_core::message::*;
 use moat_core::senml::Record;
 use moat_core::store::StoreError;
+use moat_core::{ChannelId, TenantId};
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, Row, params_from_iter};
 use uuid::Uuid;
 
-use super::columns;
+use super::{chunk, columns};
 use crate::backend;
 
 /// A statement and its arguments, in the order of its `?` placeholders.
@@ -65,78 +65,99 @@ fn uuid_arg(u: Uuid) -> SqlValue {
     SqlValue::Blob(u.as_bytes().to_vec())
 }
 
-/// The seq bounds of `q`'s time window, or `None` without a window.
-pub(super) fn window_sql(q: &MessageQuery) -> Option<Select> {
-    if q.from.is_none() && q.to.is_none() {
-        return None;
-    }
-    let mut s = Select::new(
-        "SELECT min(seq), max(seq) FROM messages INDEXED BY messages_channel_time",
-        q.channel,
-    );
-    s.and_some("received_at >= ?", q.from)
-        .and_some("received_at < ?", q.to);
-    Some(s)
-}
+/// Chunks read per statement while a page of messages fills.
+const CHUNKS_AT_ONCE: i64 = 16;
 
-/// A page of messages; `bounds` are the window's seq bounds.
-pub(super) fn messages_sql(q: &MessageQuery, bounds: Option<(i64, i64)>) -> Select {
+/// The next chunks of `q`'s channel that may hold messages of its page,
+/// in seq order: those from the one holding the cursor on (found with one
+/// seek, since a chunk's seqs run from its `first_seq`), and with a time
+/// window only those starting at most [`chunk::MAX_SPAN`] before it.
+/// `from_seq` is the first seq still wanted.
+pub(super) fn chunks_sql(q: &MessageQuery, from_seq: i64) -> Select {
     let mut s = Select::new(
-        "SELECT seq, id, tenant, channel, subtopic, publisher, protocol, content_type, \
-         received_at, payload FROM messages INDEXED BY messages_channel_seq",
+        "SELECT tenant, first_seq, body FROM message_chunks INDEXED BY message_chunks_channel_seq",
         q.channel,
     );
-    // One lower bound on seq, so that SQLite seeks to it: the later of the
-    // window's start and the cursor.
-    let after = q.after.map(|a| a.saturating_add(1));
-    let lower = match bounds {
-        Some((lo, _)) => Some(after.map_or(lo, |a| a.max(lo))),
-        None => after,
-    };
-    s.and_some("seq >= ?", lower)
-        .and_some("seq <= ?", bounds.map(|(_, hi)| hi))
-        .and_some("received_at >= ?", q.from)
-        .and_some("received_at < ?", q.to)
-        .and_some("publisher = ?", q.publisher.clone())
-        .and_some("subtopic = ?", q.subtopic.clone())
-        .then("ORDER BY seq LIMIT ?");
-    s.args.push(i64::from(q.limit).into());
+    s.and(
+        "first_seq >= coalesce((SELECT max(first_seq) FROM message_chunks \
+         WHERE channel = ? AND first_seq <= ?), 0)",
+        [uuid_arg(q.channel.0), from_seq.into()],
+    )
+    .and_some(
+        "first_received_at >= ?",
+        q.from.map(|f| f.saturating_sub(chunk::MAX_SPAN)),
+    )
+    .and_some("first_received_at < ?", q.to)
+    .then("ORDER BY first_seq LIMIT ?");
+    s.args.push(CHUNKS_AT_ONCE.into());
     s
 }
 
+/// A page of messages: chunks in seq order, decoded, and their messages
+/// filtered, until the page is full or the chunks run out.
 pub(super) fn messages(conn: &Connection, q: &MessageQuery) -> Result<Vec<Stored>, StoreError> {
-    let bounds = match window_sql(q) {
-        None => None,
-        Some(w) => {
-            let mut stmt = conn.prepare_cached(&w.sql).map_err(backend)?;
-            let bounds = stmt
-                .query_row(params_from_iter(&w.args), |r| {
-                    Ok((r.get::<_, Option<i64>>(0)?, r.get::<_, Option<i64>>(1)?))
-                })
-                .map_err(backend)?;
-            match bounds {
-                (Some(lo), Some(hi)) => Some((lo, hi)),
-                // Nothing in the window.
-                _ => return Ok(Vec::new()),
+    let limit = q.limit as usize;
+    let mut next = q.after.map_or(0, |a| a.saturating_add(1));
+    let mut out = Vec::new();
+    while out.len() < limit {
+        let s = chunks_sql(q, next);
+        let mut stmt = conn.prepare_cached(&s.sql).map_err(backend)?;
+        let chunks = stmt
+            .query_map(params_from_iter(&s.args), |r| {
+                Ok((
+                    r.get::<_, [u8; 16]>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                ))
+            })
+            .map_err(backend)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(backend)?;
+        if chunks.is_empty() {
+            break;
+        }
+        // Past the chunks read, whatever their messages.
+        let mut past = next;
+        for (tenant, first_seq, body) in chunks {
+            let tenant = TenantId(Uuid::from_bytes(tenant));
+            for e in chunk::decode(&body, first_seq, tenant, q.channel)? {
+                past = past.max(e.seq + 1);
+                if e.seq >= next && out.len() < limit && wanted(q, &e.message) {
+                    out.push(Stored {
+                        seq: e.seq,
+                        message: e.message,
+                    });
+                }
             }
         }
-    };
-    let s = messages_sql(q, bounds);
-    let mut stmt = conn.prepare_cached(&s.sql).map_err(backend)?;
-    let mut rows = stmt.query(params_from_iter(&s.args)).map_err(backend)?;
-    let mut out = Vec::new();
-    while let Some(row) = rows.next().map_err(backend)? {
-        out.push(stored(row)?);
+        if past == next {
+            // Only what was read before: nothing further.
+            break;
+        }
+        next = past;
     }
     Ok(out)
 }
 
-/// Each channel with a message: one seek into `messages_channel_seq` per
+fn wanted(q: &MessageQuery, m: &Message) -> bool {
+    q.from.is_none_or(|f| m.received_at >= f)
+        && q.to.is_none_or(|t| m.received_at < t)
+        && q.subtopic.as_ref().is_none_or(|s| *s == m.subtopic)
+        && q.publisher
+            .as_ref()
+            .is_none_or(|p| *p == m.publisher.to_string())
+}
+
+/// The version 3 table, read whole by the migration to version 4.
+pub(super) const OLD_MESSAGES: &str = "SELECT seq, id, tenant, channel, subtopic, publisher, \
+    protocol, content_type, received_at, payload FROM messages ORDER BY seq";
+
+/// Each channel with a message: one seek into `message_chunks_channel_seq` per
 /// channel (a loose index scan), however many messages each holds.
 pub(super) const STORED_CHANNELS: &str = "WITH RECURSIVE stored(channel) AS (\
-    SELECT min(channel) FROM messages \
+    SELECT min(channel) FROM message_chunks \
     UNION ALL \
-    SELECT (SELECT min(channel) FROM messages WHERE messages.channel > stored.channel) \
+    SELECT (SELECT min(channel) FROM message_chunks WHERE message_chunks.channel > stored.channel) \
     FROM stored WHERE stored.channel IS NOT NULL) \
     SELECT channel FROM stored WHERE channel IS NOT NULL";
 
@@ -151,7 +172,7 @@ pub(super) fn stored_channels(conn: &Connection) -> Result<Vec<ChannelId>, Store
         .collect()
 }
 
-fn stored(r: &Row<'_>) -> Result<Stored, StoreError> {
+pub(super) fn stored(r: &Row<'_>) -> Result<Stored, StoreError> {
     let publisher: String = r.get(5).map_err(backend)?;
     let message = Message {
         id: Uuid::from_bytes(r.get(1).map_err(backend)?).into(),

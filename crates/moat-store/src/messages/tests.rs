@@ -13,8 +13,8 @@ use moat_core::*;
 use rusqlite::{OpenFlags, params_from_iter};
 
 use super::read::{self, Select};
-use super::writer::{EXPIRE_CHUNK, EXPIRED};
-use super::{SqliteMessageStore, columns};
+use super::writer::{EXPIRE_CHUNK, EXPIRING};
+use super::{SqliteMessageStore, chunk, columns};
 use crate::connect;
 
 const KEY: [u8; 32] = [3; 32];
@@ -35,10 +35,13 @@ fn device() -> Subject {
     Subject::Device(DeviceId::new())
 }
 
+/// A message of `channel`, in the tenant a channel belongs to here (the one
+/// with the same id): the messages of one channel and one commit share a
+/// chunk.
 fn message(channel: ChannelId, received_at: i64, records: Vec<Record>) -> Message {
     Message {
         id: MessageId::new(),
-        tenant_id: TenantId::new(),
+        tenant_id: TenantId(channel.0),
         channel_id: channel,
         subtopic: String::new(),
         publisher: device(),
@@ -752,10 +755,10 @@ async fn stored_channels_are_listed_once_each_until_their_messages_are_gone() {
         },
     );
     assert!(
-        plan.contains("SEARCH messages USING COVERING INDEX"),
+        plan.contains("SEARCH message_chunks USING COVERING INDEX"),
         "{plan}"
     );
-    assert!(!plan.contains("SCAN messages"), "{plan}");
+    assert!(!plan.contains("SCAN message_chunks"), "{plan}");
 }
 
 #[tokio::test]
@@ -821,21 +824,17 @@ async fn queries_use_the_intended_indexes() {
         ..all_messages(channel)
     };
     check(
-        read::messages_sql(&messages, Some((1, 9))),
-        "SEARCH messages USING INDEX messages_channel_seq (channel=? AND rowid>? AND rowid<?)",
-    );
-    check(
-        read::window_sql(&messages).unwrap(),
-        "SEARCH messages USING COVERING INDEX messages_channel_time (channel=? AND received_at>? AND received_at<?)",
+        read::chunks_sql(&messages, 8),
+        "SEARCH message_chunks USING INDEX message_chunks_channel_seq (channel=? AND first_seq>?)",
     );
 
-    let expired = Select {
-        sql: EXPIRED.into(),
-        args: vec![channel.0.as_bytes().to_vec().into(), T0.into(), 10.into()],
+    let expiring = Select {
+        sql: EXPIRING.into(),
+        args: vec![channel.0.as_bytes().to_vec().into(), T0.into()],
     };
     check(
-        expired,
-        "SEARCH messages USING COVERING INDEX messages_channel_time (channel=? AND received_at<?)",
+        expiring,
+        "SEARCH message_chunks USING INDEX message_chunks_channel_time (channel=? AND first_received_at<?)",
     );
     let delete = Select {
         sql: "DELETE FROM records WHERE seq = ?".into(),
@@ -1079,4 +1078,162 @@ async fn mqtt_sessions_are_kept_across_reopening_with_their_subscriptions_and_qu
     let fresh = store.load_sessions().await.unwrap();
     let a = fresh.iter().find(|s| s.key.owner.is_some()).unwrap();
     assert_eq!((a.expiry, a.subscriptions.len(), &a.will), (30, 0, &None));
+}
+
+/// One append more than a chunk can hold, over more than the second a chunk
+/// may span: it is split, and paging and time windows still see every
+/// message once, in seq order.
+#[tokio::test]
+async fn a_batch_larger_and_wider_than_a_chunk_pages_and_windows_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let channel = ChannelId::new();
+    let half = chunk::MAX_MESSAGES as i64;
+    let later = T0 + 3_000_000;
+    let sent: Vec<Message> = (0..half)
+        .map(|i| message(channel, T0 + i, vec![]))
+        .chain((0..half).map(|i| message(channel, later + i, vec![])))
+        .collect();
+    let seqs = append(&store, sent.clone()).await;
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+    assert!(store.batches() >= 1);
+
+    let mut read = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .messages(&MessageQuery {
+                after,
+                limit: 1000,
+                ..all_messages(channel)
+            })
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.seq);
+        read.extend(page.into_iter().map(|s| (s.seq, s.message)));
+    }
+    let expected: Vec<(i64, Message)> = seqs.iter().copied().zip(sent).collect();
+    assert_eq!(read, expected);
+
+    let window = |from: i64, to: i64| {
+        let store = &store;
+        async move {
+            store
+                .messages(&MessageQuery {
+                    from: Some(from),
+                    to: Some(to),
+                    ..all_messages(channel)
+                })
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|s| s.message.received_at)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        window(later, later + 100).await,
+        (later..later + 100).collect::<Vec<_>>()
+    );
+    let across = window(T0 + half - 10, later + 10).await;
+    assert_eq!(across.len(), 20);
+    assert_eq!(window(T0 + half, later).await, Vec::<i64>::new());
+}
+
+/// A version 3 file: its messages move into chunks with their seqs, their
+/// records stay theirs, and new messages get larger seqs than any the old
+/// table handed out, expired ones included.
+#[tokio::test]
+async fn version_3_messages_move_into_chunks_keeping_their_seqs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("messages.db");
+    let (a, b) = (ChannelId::new(), ChannelId::new());
+    let old: Vec<Message> = (0..5)
+        .map(|i| {
+            let c = if i % 2 == 0 { a } else { b };
+            message(c, T0 + i, vec![number("t", T0 + i, i as f64)])
+        })
+        .collect();
+    {
+        let conn = connect(
+            &path,
+            &KEY,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+        )
+        .unwrap();
+        for sql in &super::SCHEMA[..3] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 3).unwrap();
+        for (i, m) in old.iter().enumerate() {
+            // Seqs 1, 3, 5, …: gaps, as expiry leaves them.
+            let seq = 2 * i as i64 + 1;
+            conn.execute(
+                "INSERT INTO messages (seq, id, tenant, channel, subtopic, publisher, protocol, \
+                 content_type, received_at, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                rusqlite::params![
+                    seq,
+                    m.id.0.as_bytes(),
+                    m.tenant_id.0.as_bytes(),
+                    m.channel_id.0.as_bytes(),
+                    m.subtopic,
+                    m.publisher.to_string(),
+                    columns::protocol_code(m.protocol),
+                    columns::content_type_code(m.content_type),
+                    m.received_at,
+                    m.payload,
+                ],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO records (channel, name, time, seq, idx, publisher, subtopic, v) \
+                 VALUES (?1, 't', ?2, ?3, 0, ?4, '', ?5)",
+                rusqlite::params![
+                    m.channel_id.0.as_bytes(),
+                    m.received_at,
+                    seq,
+                    m.publisher.to_string(),
+                    i as f64
+                ],
+            )
+            .unwrap();
+        }
+        // The old table once handed out seqs up to 20,000 (since expired).
+        conn.execute(
+            "UPDATE sqlite_sequence SET seq = 20000 WHERE name = 'messages'",
+            [],
+        )
+        .unwrap();
+    }
+
+    let store = open(dir.path());
+    for (channel, expected) in [(a, [1, 5, 9]), (b, [3, 7, 0])] {
+        let read = store.messages(&all_messages(channel)).await.unwrap();
+        let want: Vec<i64> = expected.into_iter().filter(|&s| s > 0).collect();
+        assert_eq!(read.iter().map(|s| s.seq).collect::<Vec<_>>(), want);
+        for s in &read {
+            // Read back without records, which are in the payload.
+            let sent = Message {
+                records: Vec::new(),
+                ..old[(s.seq as usize - 1) / 2].clone()
+            };
+            assert_eq!(s.message, sent);
+        }
+        let records = store.records(&all_records(channel)).await.unwrap();
+        assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), want);
+        // A cursor from before the move still pages from where it was.
+        let rest = store
+            .messages(&MessageQuery {
+                after: Some(want[0]),
+                ..all_messages(channel)
+            })
+            .await
+            .unwrap();
+        assert_eq!(rest.len(), want.len() - 1);
+    }
+    let seq = append(&store, vec![message(a, T0 + 10, vec![])]).await[0];
+    assert!(seq > 20_000, "{seq}");
+    let read = store.messages(&all_messages(a)).await.unwrap();
+    assert_eq!(read.last().unwrap().seq, seq);
 }

@@ -31,12 +31,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use moat_core::ChannelId;
 use moat_core::message::Message;
 use moat_core::store::StoreError;
+use moat_core::{ChannelId, TenantId};
 use rusqlite::{Connection, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
 
+use super::chunk;
 use super::columns::{self, value_columns};
 use crate::backend;
 
@@ -367,37 +369,139 @@ impl Thread {
     }
 }
 
-const INSERT_MESSAGE: &str = "INSERT INTO messages \
-    (id, tenant, channel, subtopic, publisher, protocol, content_type, received_at, payload) \
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+/// The chunks of a channel holding a message received before a time, the
+/// next to expire: a range of `message_chunks_channel_time`.
+pub(super) const EXPIRING: &str = "SELECT chunk, tenant, first_seq, body FROM message_chunks \
+    WHERE channel = ?1 AND first_received_at < ?2 LIMIT 64";
+
+/// Deletes messages of `channel` received before `before`, and their
+/// records, in one transaction, until about [`EXPIRE_CHUNK`] went; returns
+/// how many. A chunk all of whose messages go is deleted; one that
+/// straddles `before` is rewritten with the rest, which keep their seqs.
+fn expire_chunk(conn: &mut Connection, channel: ChannelId, before: i64) -> rusqlite::Result<usize> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut deleted = 0;
+    loop {
+        let expiring = tx
+            .prepare_cached(EXPIRING)?
+            .query_map(params![channel.0.as_bytes(), before], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, [u8; 16]>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        if expiring.is_empty() {
+            break;
+        }
+        for (id, tenant, first_seq, body) in expiring {
+            let entries = chunk::decode(
+                &body,
+                first_seq,
+                TenantId(Uuid::from_bytes(tenant)),
+                channel,
+            )
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+            let (gone, kept): (Vec<_>, Vec<_>) = entries
+                .into_iter()
+                .partition(|e| e.message.received_at < before);
+            let mut records = tx.prepare_cached("DELETE FROM records WHERE seq = ?1")?;
+            for e in &gone {
+                records.execute([e.seq])?;
+            }
+            deleted += gone.len();
+            let Some(first) = kept.first() else {
+                tx.prepare_cached("DELETE FROM message_chunks WHERE chunk = ?1")?
+                    .execute([id])?;
+                continue;
+            };
+            let first_seq = first.seq;
+            let mut body = Vec::new();
+            let (mut lo, mut hi) = (i64::MAX, i64::MIN);
+            for e in &kept {
+                let delta = u16::try_from(e.seq - first_seq).expect("a chunk's seqs are close");
+                chunk::encode(&mut body, delta, &e.message);
+                lo = lo.min(e.message.received_at);
+                hi = hi.max(e.message.received_at);
+            }
+            tx.prepare_cached(
+                "UPDATE message_chunks SET first_seq = ?2, first_received_at = ?3, \
+                 last_received_at = ?4, count = ?5, body = ?6 WHERE chunk = ?1",
+            )?
+            .execute(params![id, first_seq, lo, hi, kept.len() as i64, body])?;
+        }
+        if deleted >= EXPIRE_CHUNK {
+            break;
+        }
+    }
+    tx.commit()?;
+    Ok(deleted)
+}
+
+/// A chunk's row; the migration to version 4 writes its one-message
+/// chunks with it too.
+pub(super) const INSERT_CHUNK: &str = "INSERT INTO message_chunks \
+    (chunk, tenant, channel, first_seq, first_received_at, last_received_at, count, body) \
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
 
 const INSERT_RECORD: &str = "INSERT INTO records \
     (channel, name, time, seq, idx, publisher, subtopic, unit, v, vs, vb, vd, s, ut) \
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
 
-/// Inserts every message of `batch` and its records in one transaction;
-/// returns each append's seqs once the commit is durable.
+/// Where a message of the batch is: its append, and its place in it.
+type At = (usize, usize);
+
+/// Inserts every message of `batch` and its records in one transaction, a
+/// chunk per channel (more where one would hold over [`chunk::MAX_MESSAGES`]
+/// messages or span over [`chunk::MAX_SPAN`]); returns each append's seqs
+/// once the commit is durable.
 fn insert(conn: &mut Connection, batch: &[Append]) -> rusqlite::Result<Vec<Vec<i64>>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut out = Vec::with_capacity(batch.len());
+    let mut out: Vec<Vec<i64>> = batch.iter().map(|a| vec![0; a.messages.len()]).collect();
     {
-        let mut message = tx.prepare_cached(INSERT_MESSAGE)?;
+        let mut insert_chunk = tx.prepare_cached(INSERT_CHUNK)?;
         let mut record = tx.prepare_cached(INSERT_RECORD)?;
-        for append in batch {
-            let mut seqs = Vec::with_capacity(append.messages.len());
-            for m in &append.messages {
+        let mut body = Vec::new();
+        // Chunk ids are the writer's to hand out (it is the only one): the
+        // next above any AUTOINCREMENT ever gave, so that each chunk's seqs
+        // are known before its row is written.
+        let mut next_id: i64 = tx.query_row(
+            "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'message_chunks'), 0)",
+            [],
+            |r| r.get(0),
+        )?;
+        for part in chunks(batch) {
+            let first = &batch[part[0].0].messages[part[0].1];
+            let (lo, hi) = part.iter().fold((i64::MAX, i64::MIN), |(lo, hi), &(a, m)| {
+                let t = batch[a].messages[m].received_at;
+                (lo.min(t), hi.max(t))
+            });
+            body.clear();
+            for (pos, &(a, m)) in part.iter().enumerate() {
+                chunk::encode(&mut body, pos as u16, &batch[a].messages[m]);
+            }
+            next_id += 1;
+            let first_seq = next_id << chunk::POSITION_BITS;
+            insert_chunk.execute(params![
+                next_id,
+                first.tenant_id.0.as_bytes(),
+                first.channel_id.0.as_bytes(),
+                first_seq,
+                lo,
+                hi,
+                part.len() as i64,
+                body,
+            ])?;
+            for (pos, &(a, mi)) in part.iter().enumerate() {
+                let seq = first_seq + pos as i64;
+                out[a][mi] = seq;
+                let m = &batch[a].messages[mi];
+                if m.records.is_empty() {
+                    continue;
+                }
                 let publisher = m.publisher.to_string();
-                let seq = message.insert(params![
-                    m.id.0.as_bytes(),
-                    m.tenant_id.0.as_bytes(),
-                    m.channel_id.0.as_bytes(),
-                    m.subtopic,
-                    publisher,
-                    columns::protocol_code(m.protocol),
-                    columns::content_type_code(m.content_type),
-                    m.received_at,
-                    m.payload,
-                ])?;
                 for (idx, r) in m.records.iter().enumerate() {
                     let v = value_columns(r.value.as_ref());
                     record.execute(params![
@@ -417,42 +521,51 @@ fn insert(conn: &mut Connection, batch: &[Append]) -> rusqlite::Result<Vec<Vec<i
                         r.update_time,
                     ])?;
                 }
-                seqs.push(seq);
             }
-            out.push(seqs);
         }
     }
     tx.commit()?;
     Ok(out)
 }
 
-/// Deletes up to [`EXPIRE_CHUNK`] of `channel`'s messages received before
-/// `before`, and their records, in one transaction; returns how many
-/// messages went.
-fn expire_chunk(conn: &mut Connection, channel: ChannelId, before: i64) -> rusqlite::Result<usize> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let seqs = {
-        let mut expired = tx.prepare_cached(EXPIRED)?;
-        expired
-            .query_map(
-                params![channel.0.as_bytes(), before, EXPIRE_CHUNK as i64],
-                |r| r.get::<_, i64>(0),
-            )?
-            .collect::<rusqlite::Result<Vec<_>>>()?
-    };
-    {
-        let mut records = tx.prepare_cached("DELETE FROM records WHERE seq = ?1")?;
-        let mut messages = tx.prepare_cached("DELETE FROM messages WHERE seq = ?1")?;
-        for seq in &seqs {
-            records.execute([seq])?;
-            messages.execute([seq])?;
-        }
-    }
-    tx.commit()?;
-    Ok(seqs.len())
+/// A chunk being filled: its channel and tenant, its messages, and their
+/// earliest and latest receive times.
+struct Filling {
+    key: (ChannelId, TenantId),
+    members: Vec<At>,
+    lo: i64,
+    hi: i64,
 }
 
-/// The next chunk of messages to expire: a covering range of
-/// `messages_channel_time`.
-pub(super) const EXPIRED: &str =
-    "SELECT seq FROM messages WHERE channel = ?1 AND received_at < ?2 LIMIT ?3";
+/// The batch's messages grouped into chunks: by channel (and tenant, which
+/// a chunk records once: a message that said otherwise for its channel
+/// would start a chunk of its own), in commit order, each at most
+/// [`chunk::MAX_MESSAGES`] long and [`chunk::MAX_SPAN`] wide.
+fn chunks(batch: &[Append]) -> Vec<Vec<At>> {
+    let mut filling: Vec<Filling> = Vec::new();
+    let mut done = Vec::new();
+    for (a, append) in batch.iter().enumerate() {
+        for (mi, m) in append.messages.iter().enumerate() {
+            let (key, t) = ((m.channel_id, m.tenant_id), m.received_at);
+            if let Some(i) = filling.iter().position(|f| f.key == key) {
+                let f = &mut filling[i];
+                let fits = f.members.len() < chunk::MAX_MESSAGES
+                    && t.max(f.hi).saturating_sub(t.min(f.lo)) <= chunk::MAX_SPAN;
+                if fits {
+                    f.members.push((a, mi));
+                    (f.lo, f.hi) = (t.min(f.lo), t.max(f.hi));
+                    continue;
+                }
+                done.push(filling.swap_remove(i).members);
+            }
+            filling.push(Filling {
+                key,
+                members: vec![(a, mi)],
+                lo: t,
+                hi: t,
+            });
+        }
+    }
+    done.extend(filling.into_iter().map(|f| f.members));
+    done
+}
