@@ -3,9 +3,9 @@
 //!
 //! Three measures, each appending `--messages` copies of the publishers'
 //! own messages to the file the server wrote:
-//! - raw SQL: the writer's two `INSERT` statements, in `IMMEDIATE`
-//!   transactions of `--batch` messages each, fsynced at every commit (WAL,
-//!   `synchronous = FULL`), rows prepared before the clock starts. A batch
+//! - raw SQL: the writer's own transaction (`write_batch`: chunks and
+//!   records, ADR 008) of `--batch` messages each, fsynced at every commit
+//!   (WAL, `synchronous = FULL`), messages made before the clock starts. A batch
 //!   of N is the most a group commit can gather from N publishers that each
 //!   wait for their acknowledgement; the writer's own cap (8192) is the
 //!   bulk-load bound;
@@ -23,10 +23,10 @@ use std::time::{Duration, Instant};
 use anyhow::ensure;
 use chrono::Utc;
 use moat_core::message::{self, ContentType, Incoming, Message, MessageStore, Protocol};
-use moat_core::senml::Value;
 use moat_core::{Channel, PayloadPolicy};
 use moat_store::SqliteMessageStore;
-use rusqlite::{Connection, TransactionBehavior, params};
+use moat_store::messages::write_batch;
+use rusqlite::Connection;
 
 use crate::BENCH_MASTER_KEY;
 use crate::db;
@@ -36,17 +36,6 @@ use crate::rows::{self, Template};
 const MAX_MESSAGES: usize = 20_000_000;
 /// `accept` calls timed.
 const ACCEPT_RUNS: usize = 200_000;
-
-/// The statements of the store's writer (`moat-store`'s `writer.rs`).
-const INSERT_MESSAGE: &str = "INSERT INTO messages \
-    (id, tenant, channel, subtopic, publisher, protocol, content_type, received_at, payload) \
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
-const INSERT_RECORD: &str = "INSERT INTO records \
-    (channel, name, time, seq, idx, publisher, subtopic, unit, v, vs, vb, vd, s, ut) \
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
-/// The store's codes for HTTP and SenML JSON (`columns.rs`).
-const PROTOCOL_HTTP: i64 = 1;
-const CONTENT_SENML_JSON: i64 = 1;
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
@@ -74,12 +63,14 @@ pub(crate) struct Args {
 
 pub(crate) async fn run(a: Args) -> anyhow::Result<()> {
     let key = db::messages_key(&a.master_key)?;
-    if !a.db.exists() {
-        drop(SqliteMessageStore::open(&a.db, &key)?);
-    }
+    let mut templates = {
+        // Creates a missing file with the store's schema, and brings an
+        // older one up to date.
+        let store = SqliteMessageStore::open(&a.db, &key)?;
+        rows::from_store(&store).await?
+    };
     let mut conn = db::open(&a.db, &key, false)?;
     let (stored, _) = db::counts(&conn)?;
-    let mut templates = rows::from_db(&conn)?;
     if templates.is_empty() {
         templates = rows::synthetic(a.publishers.max(1))?;
     }
@@ -133,65 +124,21 @@ fn report(what: &str, n: usize, records: usize, took: Duration, mean_batch: Opti
 }
 
 /// Inserts `n` copies of the templates, round robin, `batch` messages a
-/// transaction; returns the time the inserts and commits took.
+/// transaction, with the store's writer's own transaction
+/// (`moat_store::messages::write_batch`); returns the time the inserts and
+/// commits took.
 fn raw(
     conn: &mut Connection,
     templates: &[Template],
     n: usize,
     batch: usize,
 ) -> anyhow::Result<Duration> {
-    let ids: Vec<[u8; 16]> = (0..n).map(|_| *uuid::Uuid::now_v7().as_bytes()).collect();
+    let messages: Vec<Arc<Message>> = (0..n)
+        .map(|i| Arc::new(templates[i % templates.len()].message(rows::now_micros())))
+        .collect();
     let start = Instant::now();
-    let mut done = 0;
-    while done < n {
-        let end = (done + batch).min(n);
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        {
-            let mut message = tx.prepare_cached(INSERT_MESSAGE)?;
-            let mut record = tx.prepare_cached(INSERT_RECORD)?;
-            for (i, id) in ids.iter().enumerate().take(end).skip(done) {
-                let t = &templates[i % templates.len()];
-                let now = rows::now_micros();
-                let seq = message.insert(params![
-                    id,
-                    t.tenant.0.as_bytes(),
-                    t.channel.0.as_bytes(),
-                    t.subtopic,
-                    t.publisher_text,
-                    PROTOCOL_HTTP,
-                    CONTENT_SENML_JSON,
-                    now,
-                    t.payload,
-                ])?;
-                for (idx, r) in t.records.iter().enumerate() {
-                    let (v, vs, vb, vd) = match &r.value {
-                        Some(Value::Number(x)) => (Some(*x), None, None, None),
-                        Some(Value::String(x)) => (None, Some(x.as_str()), None, None),
-                        Some(Value::Bool(x)) => (None, None, Some(*x), None),
-                        Some(Value::Data(x)) => (None, None, None, Some(x.as_slice())),
-                        None => (None, None, None, None),
-                    };
-                    record.execute(params![
-                        t.channel.0.as_bytes(),
-                        r.name,
-                        now + (r.time * 1e6).round() as i64,
-                        seq,
-                        idx as i64,
-                        t.publisher_text,
-                        t.subtopic,
-                        r.unit,
-                        v,
-                        vs,
-                        vb,
-                        vd,
-                        r.sum,
-                        r.update_time,
-                    ])?;
-                }
-            }
-        }
-        tx.commit()?;
-        done = end;
+    for part in messages.chunks(batch) {
+        write_batch(conn, part)?;
     }
     Ok(start.elapsed())
 }

@@ -38,7 +38,11 @@ pub(crate) fn open(path: &Path, key: &[u8; 32], read_only: bool) -> anyhow::Resu
 
 /// Messages and records stored.
 pub(crate) fn counts(conn: &Connection) -> anyhow::Result<(i64, i64)> {
-    let messages = conn.query_row("SELECT count(*) FROM messages", [], |r| r.get(0))?;
+    let messages = conn.query_row(
+        "SELECT coalesce(sum(count), 0) FROM message_chunks",
+        [],
+        |r| r.get(0),
+    )?;
     let records = conn.query_row("SELECT count(*) FROM records", [], |r| r.get(0))?;
     Ok((messages, records))
 }

@@ -7,14 +7,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use moat_core::authz::Subject;
-use moat_core::message::{ContentType, Message, Protocol};
+use moat_core::message::{ContentType, Message, MessageQuery, MessageStore, Protocol};
 use moat_core::senml::{self, Record};
 use moat_core::{ChannelId, DeviceId, MessageId, TenantId};
-use rusqlite::Connection;
-use uuid::Uuid;
+use moat_store::SqliteMessageStore;
 
-/// Recent messages read to find the publishers' templates.
-const TEMPLATE_SCAN: i64 = 4096;
+/// Messages of each channel read to find the publishers' templates.
+const TEMPLATE_SCAN: u32 = 4096;
 
 /// One publisher's message, as every copy of it repeats.
 pub(crate) struct Template {
@@ -22,8 +21,6 @@ pub(crate) struct Template {
     pub(crate) channel: ChannelId,
     pub(crate) subtopic: String,
     pub(crate) publisher: Subject,
-    /// `publisher` as stored: `device:<id>`.
-    pub(crate) publisher_text: String,
     pub(crate) payload: Vec<u8>,
     /// Its SenML records, resolved at time zero; a copy takes its receive
     /// time, as records without `t` do.
@@ -43,7 +40,6 @@ impl Template {
             tenant,
             channel,
             subtopic,
-            publisher_text: publisher.to_string(),
             publisher,
             payload,
             records,
@@ -82,31 +78,30 @@ pub(crate) fn ingest_body(i: usize) -> String {
     )
 }
 
-/// One template per publisher among the file's latest messages; empty when
-/// it holds none.
-pub(crate) fn from_db(conn: &Connection) -> anyhow::Result<Vec<Template>> {
-    let mut stmt = conn.prepare(
-        "SELECT tenant, channel, subtopic, publisher, payload FROM messages \
-         ORDER BY seq DESC LIMIT ?1",
-    )?;
-    let mut rows = stmt.query([TEMPLATE_SCAN])?;
+/// One template per publisher among the first messages of the file's
+/// channels, read through the store; empty when it holds none.
+pub(crate) async fn from_store(store: &SqliteMessageStore) -> anyhow::Result<Vec<Template>> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        let publisher: String = r.get(3)?;
-        if !seen.insert(publisher.clone()) {
-            continue;
+    for channel in store.stored_channels().await? {
+        let q = MessageQuery {
+            channel,
+            limit: TEMPLATE_SCAN,
+            ..MessageQuery::default()
+        };
+        for s in store.messages(&q).await? {
+            let m = s.message;
+            if !seen.insert(m.publisher.to_string()) {
+                continue;
+            }
+            out.push(Template::new(
+                m.tenant_id,
+                m.channel_id,
+                m.subtopic,
+                m.publisher,
+                m.payload,
+            )?);
         }
-        let subject = publisher
-            .parse::<Subject>()
-            .map_err(|()| anyhow::anyhow!("stored publisher {publisher:?} is not a subject"))?;
-        out.push(Template::new(
-            TenantId(Uuid::from_bytes(r.get(0)?)),
-            ChannelId(Uuid::from_bytes(r.get(1)?)),
-            r.get(2)?,
-            subject,
-            r.get(4)?,
-        )?);
     }
     // Device order, as the load cycled through them.
     out.sort_by(|a, b| a.payload.cmp(&b.payload));

@@ -7,8 +7,9 @@
 //! ([`writer`]); reads run on a few read-only connections on tokio's
 //! blocking pool ([`read`]), which WAL lets run while the writer commits.
 //! `synchronous = FULL` fsyncs the WAL at every commit, so what `append`
-//! returns is durable. The layout is in `schema.sql`; how fields become
-//! columns in [`columns`].
+//! returns is durable. The layout is in `schema.sql` and the versions
+//! after it (`schema_v4.sql`: messages in chunks, ADR 008); how fields
+//! become columns in [`columns`], and a chunk's body in [`chunk`].
 
 mod chunk;
 mod columns;
@@ -208,6 +209,18 @@ impl MessageStore for SqliteMessageStore {
     async fn stored_channels(&self) -> Result<Vec<ChannelId>, StoreError> {
         self.read(read::stored_channels).await
     }
+}
+
+/// Writes `messages` in one transaction on `conn` (the message database,
+/// opened with [`crate::open_connection`]) exactly as the store's writer
+/// does, chunks and records, without its queue or thread: the raw storage
+/// ceiling `bench/messages.sh` measures against. Returns their seqs.
+pub fn write_batch(
+    conn: &mut Connection,
+    messages: &[Arc<Message>],
+) -> Result<Vec<i64>, StoreError> {
+    let mut seqs = writer::insert(conn, &[messages]).map_err(backend)?;
+    Ok(seqs.pop().unwrap_or_default())
 }
 
 /// Applies the schema versions `conn` lacks, each in its own transaction.

@@ -3,10 +3,11 @@
 //! records and buckets.
 //!
 //! The plans these statements are written for (checked in the tests):
-//! - messages page by seq on `messages_channel_seq` — the seq order is the
-//!   commit order, so a reader that follows the cursor never misses a
-//!   message committed after it looked, even one received earlier; a time
-//!   window first takes its seq bounds from `messages_channel_time`;
+//! - messages page by seq, a chunk at a time, on
+//!   `message_chunks_channel_seq` — the seq order is the commit order, so a
+//!   reader that follows the cursor never misses a message committed after
+//!   it looked, even one received earlier; a time window reads only the
+//!   chunks that start at most a second before it (ADR 008);
 //! - records with a name read the primary key's `(channel, name, time, …)`
 //!   range, and without one `records_channel_time`, both already in cursor
 //!   order, so a page reads as many rows as it returns (plus those its
@@ -68,12 +69,31 @@ fn uuid_arg(u: Uuid) -> SqlValue {
 /// Chunks read per statement while a page of messages fills.
 const CHUNKS_AT_ONCE: i64 = 16;
 
+/// The `first_seq` range of the chunks that may hold messages of `q`'s
+/// time window (those starting at most [`chunk::MAX_SPAN`] before it), or
+/// `None` without a window: one range of `message_chunks_channel_time`.
+pub(super) fn window_sql(q: &MessageQuery) -> Option<Select> {
+    if q.from.is_none() && q.to.is_none() {
+        return None;
+    }
+    let mut s = Select::new(
+        "SELECT min(first_seq), max(first_seq) FROM message_chunks \
+         INDEXED BY message_chunks_channel_time",
+        q.channel,
+    );
+    s.and_some(
+        "first_received_at >= ?",
+        q.from.map(|f| f.saturating_sub(chunk::MAX_SPAN)),
+    )
+    .and_some("first_received_at < ?", q.to);
+    Some(s)
+}
+
 /// The next chunks of `q`'s channel that may hold messages of its page,
-/// in seq order: those from the one holding the cursor on (found with one
-/// seek, since a chunk's seqs run from its `first_seq`), and with a time
-/// window only those starting at most [`chunk::MAX_SPAN`] before it.
-/// `from_seq` is the first seq still wanted.
-pub(super) fn chunks_sql(q: &MessageQuery, from_seq: i64) -> Select {
+/// in seq order: from the one holding `from_seq` (found with one seek,
+/// since a chunk's seqs run from its `first_seq`) to the one starting at
+/// `upto`, the end of the window if there is one.
+pub(super) fn chunks_sql(q: &MessageQuery, from_seq: i64, upto: Option<i64>) -> Select {
     let mut s = Select::new(
         "SELECT tenant, first_seq, body FROM message_chunks INDEXED BY message_chunks_channel_seq",
         q.channel,
@@ -83,6 +103,7 @@ pub(super) fn chunks_sql(q: &MessageQuery, from_seq: i64) -> Select {
          WHERE channel = ? AND first_seq <= ?), 0)",
         [uuid_arg(q.channel.0), from_seq.into()],
     )
+    .and_some("first_seq <= ?", upto)
     .and_some(
         "first_received_at >= ?",
         q.from.map(|f| f.saturating_sub(chunk::MAX_SPAN)),
@@ -98,9 +119,24 @@ pub(super) fn chunks_sql(q: &MessageQuery, from_seq: i64) -> Select {
 pub(super) fn messages(conn: &Connection, q: &MessageQuery) -> Result<Vec<Stored>, StoreError> {
     let limit = q.limit as usize;
     let mut next = q.after.map_or(0, |a| a.saturating_add(1));
+    let mut upto = None;
+    if let Some(w) = window_sql(q) {
+        let mut stmt = conn.prepare_cached(&w.sql).map_err(backend)?;
+        let bounds = stmt
+            .query_row(params_from_iter(&w.args), |r| {
+                Ok((r.get::<_, Option<i64>>(0)?, r.get::<_, Option<i64>>(1)?))
+            })
+            .map_err(backend)?;
+        let (Some(lo), Some(hi)) = bounds else {
+            // No chunk in the window.
+            return Ok(Vec::new());
+        };
+        next = next.max(lo);
+        upto = Some(hi);
+    }
     let mut out = Vec::new();
     while out.len() < limit {
-        let s = chunks_sql(q, next);
+        let s = chunks_sql(q, next, upto);
         let mut stmt = conn.prepare_cached(&s.sql).map_err(backend)?;
         let chunks = stmt
             .query_map(params_from_iter(&s.args), |r| {

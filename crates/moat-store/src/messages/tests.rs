@@ -824,8 +824,12 @@ async fn queries_use_the_intended_indexes() {
         ..all_messages(channel)
     };
     check(
-        read::chunks_sql(&messages, 8),
-        "SEARCH message_chunks USING INDEX message_chunks_channel_seq (channel=? AND first_seq>?)",
+        read::chunks_sql(&messages, 8, Some(9000)),
+        "SEARCH message_chunks USING INDEX message_chunks_channel_seq (channel=? AND first_seq>? AND first_seq<?)",
+    );
+    check(
+        read::window_sql(&messages).unwrap(),
+        "SEARCH message_chunks USING INDEX message_chunks_channel_time (channel=? AND first_received_at>? AND first_received_at<?)",
     );
 
     let expiring = Select {

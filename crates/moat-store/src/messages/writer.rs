@@ -319,7 +319,8 @@ impl Thread {
     /// Writes `batch` in one transaction and answers every append in it: its
     /// seqs, or the batch's error.
     fn commit(&mut self, batch: Vec<Append>, size: usize) {
-        match insert(&mut self.conn, &batch) {
+        let messages: Vec<&[Arc<Message>]> = batch.iter().map(|a| a.messages.as_slice()).collect();
+        match insert(&mut self.conn, &messages) {
             Ok(seqs) => {
                 self.batches.fetch_add(1, Ordering::Relaxed);
                 metrics::histogram!("moat_message_batch_size").record(size as f64);
@@ -453,13 +454,17 @@ const INSERT_RECORD: &str = "INSERT INTO records \
 /// Where a message of the batch is: its append, and its place in it.
 type At = (usize, usize);
 
-/// Inserts every message of `batch` and its records in one transaction, a
-/// chunk per channel (more where one would hold over [`chunk::MAX_MESSAGES`]
-/// messages or span over [`chunk::MAX_SPAN`]); returns each append's seqs
-/// once the commit is durable.
-fn insert(conn: &mut Connection, batch: &[Append]) -> rusqlite::Result<Vec<Vec<i64>>> {
+/// Inserts every message of `batch` (the appends' messages, in order) and
+/// their records in one transaction, a chunk per channel (more where one
+/// would hold over [`chunk::MAX_MESSAGES`] messages or span over
+/// [`chunk::MAX_SPAN`]); returns each append's seqs once the commit is
+/// durable.
+pub(super) fn insert(
+    conn: &mut Connection,
+    batch: &[&[Arc<Message>]],
+) -> rusqlite::Result<Vec<Vec<i64>>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut out: Vec<Vec<i64>> = batch.iter().map(|a| vec![0; a.messages.len()]).collect();
+    let mut out: Vec<Vec<i64>> = batch.iter().map(|a| vec![0; a.len()]).collect();
     {
         let mut insert_chunk = tx.prepare_cached(INSERT_CHUNK)?;
         let mut record = tx.prepare_cached(INSERT_RECORD)?;
@@ -473,14 +478,14 @@ fn insert(conn: &mut Connection, batch: &[Append]) -> rusqlite::Result<Vec<Vec<i
             |r| r.get(0),
         )?;
         for part in chunks(batch) {
-            let first = &batch[part[0].0].messages[part[0].1];
+            let first = &batch[part[0].0][part[0].1];
             let (lo, hi) = part.iter().fold((i64::MAX, i64::MIN), |(lo, hi), &(a, m)| {
-                let t = batch[a].messages[m].received_at;
+                let t = batch[a][m].received_at;
                 (lo.min(t), hi.max(t))
             });
             body.clear();
             for (pos, &(a, m)) in part.iter().enumerate() {
-                chunk::encode(&mut body, pos as u16, &batch[a].messages[m]);
+                chunk::encode(&mut body, pos as u16, &batch[a][m]);
             }
             next_id += 1;
             let first_seq = next_id << chunk::POSITION_BITS;
@@ -497,7 +502,7 @@ fn insert(conn: &mut Connection, batch: &[Append]) -> rusqlite::Result<Vec<Vec<i
             for (pos, &(a, mi)) in part.iter().enumerate() {
                 let seq = first_seq + pos as i64;
                 out[a][mi] = seq;
-                let m = &batch[a].messages[mi];
+                let m = &batch[a][mi];
                 if m.records.is_empty() {
                     continue;
                 }
@@ -541,11 +546,11 @@ struct Filling {
 /// a chunk records once: a message that said otherwise for its channel
 /// would start a chunk of its own), in commit order, each at most
 /// [`chunk::MAX_MESSAGES`] long and [`chunk::MAX_SPAN`] wide.
-fn chunks(batch: &[Append]) -> Vec<Vec<At>> {
+fn chunks(batch: &[&[Arc<Message>]]) -> Vec<Vec<At>> {
     let mut filling: Vec<Filling> = Vec::new();
     let mut done = Vec::new();
-    for (a, append) in batch.iter().enumerate() {
-        for (mi, m) in append.messages.iter().enumerate() {
+    for (a, messages) in batch.iter().enumerate() {
+        for (mi, m) in messages.iter().enumerate() {
             let (key, t) = ((m.channel_id, m.tenant_id), m.received_at);
             if let Some(i) = filling.iter().position(|f| f.key == key) {
                 let f = &mut filling[i];
