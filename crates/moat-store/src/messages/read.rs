@@ -66,8 +66,9 @@ fn uuid_arg(u: Uuid) -> SqlValue {
     SqlValue::Blob(u.as_bytes().to_vec())
 }
 
-/// Chunks read per statement while a page of messages fills.
-const CHUNKS_AT_ONCE: i64 = 16;
+/// Chunks read per statement while a page of messages fills (a chunk holds
+/// a commit's messages of the channel: from one to a few hundred).
+const CHUNKS_AT_ONCE: i64 = 4;
 
 /// The `first_seq` range of the chunks that may hold messages of `q`'s
 /// time window (those starting at most [`chunk::MAX_SPAN`] before it), or
@@ -155,6 +156,9 @@ pub(super) fn messages(conn: &Connection, q: &MessageQuery) -> Result<Vec<Stored
         // Past the chunks read, whatever their messages.
         let mut past = next;
         for (tenant, first_seq, body) in chunks {
+            if out.len() == limit {
+                break;
+            }
             let tenant = TenantId(Uuid::from_bytes(tenant));
             for e in chunk::decode(&body, first_seq, tenant, q.channel)? {
                 past = past.max(e.seq + 1);

@@ -1,6 +1,7 @@
 //! The group-commit writer: one thread owns the write connection, takes
-//! every append waiting in its queue, writes them in one transaction and
-//! acknowledges them all once the commit is durable (ADR 004).
+//! every append waiting in its queue, writes them in one transaction (a
+//! chunk row per channel, ADR 008) and acknowledges them all once the
+//! commit is durable (ADR 004).
 //!
 //! The queue is a bounded tokio channel of requests, not of messages. Async
 //! callers `send().await` into it, so a full queue makes publishers wait
@@ -10,8 +11,9 @@
 //! arrive while the previous commit syncs, and a small one waits up to
 //! [`LINGER`] for company first: at a moderate rate each commit otherwise
 //! carries a few messages, and its fixed cost (WAL frames encrypted and
-//! written, the fsync, waking the writer) dominates. Measured with `bench/mqtt.sh --scenarios qos1cost`
-//! (docs/benchmarks.md): the server's CPU per QoS 1 publish at 20,000 msg/s
+//! written, the fsync, waking the writer) dominates. Measured with
+//! `bench/mqtt.sh --scenarios qos1cost` (docs/benchmarks.md): the server's
+//! CPU per QoS 1 publish at 20,000 msg/s
 //! went from 49 to 29 µs. The wait ends early once the batch holds as many
 //! appends as the largest of the last [`LINGER_MEMORY`] batches: callers
 //! that append again only once their last append is durable (an MQTT
