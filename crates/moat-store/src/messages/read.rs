@@ -93,7 +93,8 @@ pub(super) fn window_sql(q: &MessageQuery) -> Option<Select> {
 /// The next chunks of `q`'s channel that may hold messages of its page,
 /// in seq order: from the one holding `from_seq` (found with one seek,
 /// since a chunk's seqs run from its `first_seq`) to the one starting at
-/// `upto`, the end of the window if there is one.
+/// `upto`, the end of the window if there is one, skipping those wholly
+/// outside the window.
 pub(super) fn chunks_sql(q: &MessageQuery, from_seq: i64, upto: Option<i64>) -> Select {
     let mut s = Select::new(
         "SELECT tenant, first_seq, body FROM message_chunks INDEXED BY message_chunks_channel_seq",
@@ -110,6 +111,8 @@ pub(super) fn chunks_sql(q: &MessageQuery, from_seq: i64, upto: Option<i64>) -> 
         q.from.map(|f| f.saturating_sub(chunk::MAX_SPAN)),
     )
     .and_some("first_received_at < ?", q.to)
+    // A chunk that ends before the window starts is not decoded.
+    .and_some("last_received_at >= ?", q.from)
     .then("ORDER BY first_seq LIMIT ?");
     s.args.push(CHUNKS_AT_ONCE.into());
     s

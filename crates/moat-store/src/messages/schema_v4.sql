@@ -14,7 +14,7 @@ CREATE TABLE message_chunks (
     first_seq         INTEGER NOT NULL,
     first_received_at INTEGER NOT NULL,  -- µs since the Unix epoch
     last_received_at  INTEGER NOT NULL,
-    count             INTEGER NOT NULL,
+    count             INTEGER NOT NULL,  -- messages in body: counted without decoding
     body              BLOB NOT NULL
 );
 -- Paging by the seq cursor, and the loose scan of the stored channels.
