@@ -6,9 +6,10 @@
 #             and the server's CPU over the measured window (% of a core,
 #             µs a message); the subscriber runs in a client process of its
 #             own (see split_fan_in)
-#   qos0one   the same in mqttv5 bench's one-process shape, whose count
-#             saturated is the client's (see split_fan_in). Not in the
-#             default set
+#   qos0one   the same in mqttv5 bench's own one-process shape, where a
+#             saturated run counts what the client's counting task got
+#             through, not what the broker delivered (see split_fan_in).
+#             Not in the default set
 #   qos1      QoS 1 fan-in: the same at QoS 1
 #   fanout    1 publisher -> --subscribers subscribers: the highest paced
 #             rate (from --fanout-rate, x1.5 a step, --fanout-steps at most)
@@ -63,7 +64,7 @@ keep=0
 build=1
 
 usage() {
-  sed -n '2,44s/^# \{0,1\}//p' "$0"
+  sed -n '2,45s/^# \{0,1\}//p' "$0"
   exit "${1:-0}"
 }
 
@@ -319,9 +320,10 @@ stop_server() {
 }
 
 bg_pids=()
+split_sub="" # split_fan_in's subscriber while it runs
 cleanup() {
   local p
-  for p in "${bg_pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${bg_pids[@]}" ${split_sub:+"$split_sub"}; do kill -TERM "$p" 2>/dev/null || true; done
   stop_server
   if [ "$keep" = 1 ]; then echo "kept $work"; else rm -rf "$work"; fi
 }
@@ -443,6 +445,7 @@ split_fan_in() { # TARGET NAME QOS
     --warmup 0 --duration "$(( $(limit_for "$publishers") + 30 ))" --topic "$srv_topic/$name" \
     >"$sub.json" 2> >(stamp "$sub.log") &
   sub_pid=$!
+  split_sub=$sub_pid
   for _ in $(seq 1 60); do # 0.5 s steps
     grep -q '^[0-9.]* measuring' "$sub.log" 2>/dev/null && break
     kill -0 "$sub_pid" 2>/dev/null || break
@@ -451,6 +454,7 @@ split_fan_in() { # TARGET NAME QOS
   if ! grep -q '^[0-9.]* measuring' "$sub.log" 2>/dev/null; then
     echo "  the subscriber did not start against $t:" >&2; tail -n 5 "$sub.log" >&2
     kill -TERM "$sub_pid" 2>/dev/null; wait "$sub_pid" 2>/dev/null || true
+    split_sub=""
     return 1
   fi
   fan_subs=0
@@ -466,6 +470,7 @@ split_fan_in() { # TARGET NAME QOS
   done
   kill -TERM "$sub_pid" 2>/dev/null || true
   wait "$sub_pid" 2>/dev/null || true
+  split_sub=""
   [ "$rc" = 0 ] || return 1
   [ -n "$start" ] || { echo "  no measured window in the publishers' log" >&2; return 1; }
   steady=$(awk -v s="$start" -v e="$end" '
